@@ -101,8 +101,18 @@ impl FeatureRanges {
             return None;
         }
         Some(FeatureRanges {
-            min: self.min.iter().zip(&other.min).map(|(a, b)| a.min(*b)).collect(),
-            max: self.max.iter().zip(&other.max).map(|(a, b)| a.max(*b)).collect(),
+            min: self
+                .min
+                .iter()
+                .zip(&other.min)
+                .map(|(a, b)| a.min(*b))
+                .collect(),
+            max: self
+                .max
+                .iter()
+                .zip(&other.max)
+                .map(|(a, b)| a.max(*b))
+                .collect(),
         })
     }
 
@@ -495,8 +505,8 @@ pub struct Frame<H> {
 impl<H: Serialize + serde::de::DeserializeOwned> Frame<H> {
     /// Encodes as `u32 LE header length | header | payload`.
     pub fn encode(&self) -> Result<Vec<u8>, CodecError> {
-        let header =
-            postcard::to_allocvec(&self.header).map_err(|e| CodecError::Malformed(e.to_string()))?;
+        let header = postcard::to_allocvec(&self.header)
+            .map_err(|e| CodecError::Malformed(e.to_string()))?;
         if header.len() > MAX_DATA_HEADER {
             return Err(CodecError::TooLarge {
                 len: header.len(),
@@ -569,18 +579,26 @@ mod tests {
     }
 
     fn ranges() -> impl Strategy<Value = Option<FeatureRanges>> {
-        proptest::option::of(proptest::collection::vec((-1e6f32..1e6, 0f32..1e6), 0..20).prop_map(
-            |v| FeatureRanges {
-                min: v.iter().map(|(a, _)| *a).collect(),
-                max: v.iter().map(|(a, w)| a + w).collect(),
-            },
-        ))
+        proptest::option::of(
+            proptest::collection::vec((-1e6f32..1e6, 0f32..1e6), 0..20).prop_map(|v| {
+                FeatureRanges {
+                    min: v.iter().map(|(a, _)| *a).collect(),
+                    max: v.iter().map(|(a, w)| a + w).collect(),
+                }
+            }),
+        )
     }
 
     fn message() -> impl Strategy<Value = Message> {
         prop_oneof![
-            (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>(), ranges()).prop_map(
-                |(f, w, v, t, r)| Message::Presence(Presence {
+            (
+                any::<u64>(),
+                any::<u64>(),
+                any::<u64>(),
+                any::<u64>(),
+                ranges()
+            )
+                .prop_map(|(f, w, v, t, r)| Message::Presence(Presence {
                     samples: SampleCounts {
                         failures: f,
                         windows: w
@@ -588,8 +606,7 @@ mod tests {
                     model_version: v,
                     term: t,
                     ranges: r,
-                })
-            ),
+                })),
             any::<u64>().prop_map(|term| Message::Claim { term }),
             (any::<u64>(), node(), any::<u64>()).prop_map(|(term, coordinator, lease_ms)| {
                 Message::TermGranted {
@@ -606,19 +623,21 @@ mod tests {
                 any::<[u8; 32]>(),
                 ranges()
             )
-                .prop_map(|(round, term, coordinator, participants, base_digest, scaler)| {
-                    Message::RoundOpened(RoundPlan {
-                        round,
-                        term,
-                        coordinator,
-                        participants,
-                        base_version: round,
-                        base_digest,
-                        hyper: Hyper::default(),
-                        deadline_ms: 1000,
-                        scaler,
-                    })
-                }),
+                .prop_map(
+                    |(round, term, coordinator, participants, base_digest, scaler)| {
+                        Message::RoundOpened(RoundPlan {
+                            round,
+                            term,
+                            coordinator,
+                            participants,
+                            base_version: round,
+                            base_digest,
+                            hyper: Hyper::default(),
+                            deadline_ms: 1000,
+                            scaler,
+                        })
+                    }
+                ),
             (any::<u64>(), any::<u64>(), ".{0,40}").prop_map(|(round, term, reason)| {
                 Message::RoundAbandoned {
                     round,
@@ -733,8 +752,17 @@ mod tests {
             min_failures: 3,
             min_windows: 500,
         };
-        assert!(c.is_met(&SampleCounts { failures: 3, windows: 500 }));
-        assert!(!c.is_met(&SampleCounts { failures: 2, windows: 5000 }));
-        assert!(!c.is_met(&SampleCounts { failures: 30, windows: 499 }));
+        assert!(c.is_met(&SampleCounts {
+            failures: 3,
+            windows: 500
+        }));
+        assert!(!c.is_met(&SampleCounts {
+            failures: 2,
+            windows: 5000
+        }));
+        assert!(!c.is_met(&SampleCounts {
+            failures: 30,
+            windows: 499
+        }));
     }
 }

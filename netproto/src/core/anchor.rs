@@ -324,7 +324,9 @@ impl Anchor {
                 return Some(format!("{id} listed twice"));
             }
             if !self.is_eligible_member(now, id) {
-                return Some(format!("{id} is not a live edge meeting the sample criterion"));
+                return Some(format!(
+                    "{id} is not a live edge meeting the sample criterion"
+                ));
             }
         }
         None
@@ -332,9 +334,10 @@ impl Anchor {
 
     fn handle_proposal(&mut self, now: Time, from: &NodeId, p: Proposal) {
         if let Some(reason) = self.proposal_problem(now, from, &p) {
-            self.outputs.push_back(Output::Event(Event::ProposalRejected {
-                reason: reason.clone(),
-            }));
+            self.outputs
+                .push_back(Output::Event(Event::ProposalRejected {
+                    reason: reason.clone(),
+                }));
             self.outputs.push_back(Output::Send {
                 to: from.clone(),
                 message: Message::ProposalRejected {

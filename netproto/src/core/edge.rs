@@ -321,10 +321,11 @@ impl Edge {
             if let Some(c) = self.coord.as_mut() {
                 c.gap_until = now + self.cfg.heartbeat_ms;
             }
-            self.outputs.push_back(Output::Event(Event::WaitingForEdges {
-                eligible: eligible.len(),
-                needed,
-            }));
+            self.outputs
+                .push_back(Output::Event(Event::WaitingForEdges {
+                    eligible: eligible.len(),
+                    needed,
+                }));
             return;
         }
         eligible.sort();
@@ -359,7 +360,9 @@ impl Edge {
             let r = if *id == self.id {
                 self.ranges.as_ref()
             } else {
-                self.members.get(id).and_then(|m| m.presence.ranges.as_ref())
+                self.members
+                    .get(id)
+                    .and_then(|m| m.presence.ranges.as_ref())
             };
             if let Some(r) = r {
                 acc = match acc {

@@ -103,7 +103,9 @@ impl Harness {
                             self.trained.push((id.clone(), plan.round));
                             e.handle_training_done(now, plan.round, true);
                         }
-                        Output::PushUpdate { round, term, .. } => pushes.push((id.clone(), round, term)),
+                        Output::PushUpdate { round, term, .. } => {
+                            pushes.push((id.clone(), round, term))
+                        }
                         _ => {}
                     }
                 }
@@ -119,7 +121,10 @@ impl Harness {
                     self.anchor.handle_message(now, &from, m.clone());
                 }
                 for (i, e) in self.edges.iter_mut().enumerate() {
-                    if !self.down[i] && (to.is_none() || to.as_ref() == Some(e.id())) && *e.id() != from {
+                    if !self.down[i]
+                        && (to.is_none() || to.as_ref() == Some(e.id()))
+                        && *e.id() != from
+                    {
                         e.handle_message(now, &from, m.clone());
                     }
                 }
@@ -145,7 +150,11 @@ fn rounds_commit_and_versions_advance() {
     let versions: Vec<u64> = h.commits.iter().map(|c| c.version).collect();
     assert_eq!(versions, vec![1, 2, 3]);
     assert_eq!(h.anchor.durable().version, 3);
-    let coordinators = h.edges.iter().filter(|e| e.coordinating().is_some()).count();
+    let coordinators = h
+        .edges
+        .iter()
+        .filter(|e| e.coordinating().is_some())
+        .count();
     assert_eq!(coordinators, 1);
 }
 
@@ -166,7 +175,11 @@ fn edges_below_the_criterion_are_never_selected() {
 fn coordinator_failover_raises_the_term() {
     let mut h = Harness::new(&[rich(), rich(), rich()], cfg());
     assert!(h.run_until(60_000, |h| h.commits.len() >= 1));
-    let first = h.edges.iter().position(|e| e.coordinating().is_some()).unwrap();
+    let first = h
+        .edges
+        .iter()
+        .position(|e| e.coordinating().is_some())
+        .unwrap();
     let first_term = h.edges[first].coordinating().unwrap();
     h.down[first] = true;
     let mut c = cfg();
@@ -191,7 +204,12 @@ fn presence(term: u64) -> Message {
 
 /// An anchor with edges x and y known, x holding term 1, and round 1 open for both.
 fn anchor_with_open_round() -> (Anchor, RoundPlan) {
-    let mut a = Anchor::new(cfg(), NodeId::new(ANCHOR), AnchorDurable::genesis([0; 32]), 0);
+    let mut a = Anchor::new(
+        cfg(),
+        NodeId::new(ANCHOR),
+        AnchorDurable::genesis([0; 32]),
+        0,
+    );
     let (x, y) = (NodeId::new("x"), NodeId::new("y"));
     a.handle_message(0, &x, presence(0));
     a.handle_message(0, &y, presence(0));
@@ -216,24 +234,48 @@ fn anchor_with_open_round() -> (Anchor, RoundPlan) {
 fn anchor_fences_stale_and_duplicate_updates() {
     let (mut a, plan) = anchor_with_open_round();
     let (x, y) = (NodeId::new("x"), NodeId::new("y"));
-    assert_eq!(a.check_update(&NodeId::new("stranger"), 1, 1), Err(Reject::NotParticipant));
-    assert!(matches!(a.check_update(&x, 0, 1), Err(Reject::WrongRound { .. })));
-    assert!(matches!(a.check_update(&x, 1, 0), Err(Reject::WrongTerm { .. })));
-    assert_eq!(a.handle_update(3, &x, plan.round, plan.term, 10, 1.0), Ok(()));
-    assert_eq!(a.handle_update(3, &x, plan.round, plan.term, 10, 1.0), Err(Reject::Duplicate));
+    assert_eq!(
+        a.check_update(&NodeId::new("stranger"), 1, 1),
+        Err(Reject::NotParticipant)
+    );
+    assert!(matches!(
+        a.check_update(&x, 0, 1),
+        Err(Reject::WrongRound { .. })
+    ));
+    assert!(matches!(
+        a.check_update(&x, 1, 0),
+        Err(Reject::WrongTerm { .. })
+    ));
+    assert_eq!(
+        a.handle_update(3, &x, plan.round, plan.term, 10, 1.0),
+        Ok(())
+    );
+    assert_eq!(
+        a.handle_update(3, &x, plan.round, plan.term, 10, 1.0),
+        Err(Reject::Duplicate)
+    );
     assert_eq!(a.rejected_in_round(), 1);
     // The last participant closes the round: aggregation is requested with both included.
-    assert_eq!(a.handle_update(4, &y, plan.round, plan.term, 30, 2.0), Ok(()));
+    assert_eq!(
+        a.handle_update(4, &y, plan.round, plan.term, 30, 2.0),
+        Ok(())
+    );
     let outs: Vec<Output> = std::iter::from_fn(|| a.poll_output()).collect();
     assert!(outs.iter().any(|o| matches!(o, Output::Aggregate { round: 1, version: 1, included, .. } if included.len() == 2)));
     assert_eq!(a.check_update(&y, 1, 1), Err(Reject::Closed));
     let durable = a.handle_committed(5, 1, [9; 32]).unwrap();
-    assert_eq!((durable.version, durable.digest, durable.next_round), (1, [9; 32], 2));
+    assert_eq!(
+        (durable.version, durable.digest, durable.next_round),
+        (1, [9; 32], 2)
+    );
     let outs: Vec<Output> = std::iter::from_fn(|| a.poll_output()).collect();
-    let commit = outs.iter().find_map(|o| match o {
-        Output::Broadcast(Message::RoundCommitted(c)) => Some(c.clone()),
-        _ => None,
-    }).unwrap();
+    let commit = outs
+        .iter()
+        .find_map(|o| match o {
+            Output::Broadcast(Message::RoundCommitted(c)) => Some(c.clone()),
+            _ => None,
+        })
+        .unwrap();
     assert_eq!(commit.samples, 40);
     assert!((commit.train_loss - 1.75).abs() < 1e-6);
     assert_eq!(a.check_update(&x, 1, 1), Err(Reject::NoActiveRound));
@@ -244,7 +286,10 @@ fn deadline_without_quorum_abandons_and_round_numbers_are_not_reused() {
     let (mut a, plan) = anchor_with_open_round();
     a.handle_timeout(plan.deadline_ms + 10);
     let outs: Vec<Output> = std::iter::from_fn(|| a.poll_output()).collect();
-    assert!(outs.iter().any(|o| matches!(o, Output::Broadcast(Message::RoundAbandoned { round: 1, .. }))));
+    assert!(outs.iter().any(|o| matches!(
+        o,
+        Output::Broadcast(Message::RoundAbandoned { round: 1, .. })
+    )));
     assert!(a.active_round().is_none());
     assert_eq!(a.durable().next_round, 2);
     assert_eq!(a.durable().version, 0);
@@ -267,21 +312,36 @@ fn proposals_from_non_holders_or_with_ineligible_edges_are_refused() {
         }),
     );
     let outs: Vec<Output> = std::iter::from_fn(|| a.poll_output()).collect();
-    assert!(outs.iter().any(|o| matches!(o, Output::Send { message: Message::ProposalRejected { .. }, .. })));
+    assert!(outs.iter().any(|o| matches!(
+        o,
+        Output::Send {
+            message: Message::ProposalRejected { .. },
+            ..
+        }
+    )));
     assert_eq!(a.active_round().unwrap().round, 1);
 }
 
 #[test]
 fn anchor_grants_one_lease_at_a_time_and_persists_terms() {
     let c = cfg();
-    let mut a = Anchor::new(c.clone(), NodeId::new(ANCHOR), AnchorDurable::genesis([0; 32]), 0);
+    let mut a = Anchor::new(
+        c.clone(),
+        NodeId::new(ANCHOR),
+        AnchorDurable::genesis([0; 32]),
+        0,
+    );
     for id in ["x", "y"] {
-        a.handle_message(0, &NodeId::new(id), Message::Presence(crate::wire::Presence {
-            samples: rich(),
-            model_version: 0,
-            term: 0,
-            ranges: None,
-        }));
+        a.handle_message(
+            0,
+            &NodeId::new(id),
+            Message::Presence(crate::wire::Presence {
+                samples: rich(),
+                model_version: 0,
+                term: 0,
+                ranges: None,
+            }),
+        );
     }
     a.handle_message(1, &NodeId::new("x"), Message::Claim { term: 1 });
     a.handle_message(2, &NodeId::new("y"), Message::Claim { term: 1 });
@@ -297,7 +357,10 @@ fn anchor_grants_one_lease_at_a_time_and_persists_terms() {
     assert_eq!(persisted[0].term, 1);
     assert_eq!(persisted[0].coordinator, Some(NodeId::new("x")));
     // Persist comes before the announcement.
-    let p = outs.iter().position(|o| matches!(o, Output::Persist(_))).unwrap();
+    let p = outs
+        .iter()
+        .position(|o| matches!(o, Output::Persist(_)))
+        .unwrap();
     let b = outs
         .iter()
         .position(|o| matches!(o, Output::Broadcast(Message::TermGranted { .. })))
@@ -305,13 +368,21 @@ fn anchor_grants_one_lease_at_a_time_and_persists_terms() {
     assert!(p < b);
     assert!(outs.iter().any(|o| matches!(o, Output::Send { to, message: Message::ClaimRejected { term: 1, .. } } if to.as_str() == "y")));
     // After the lease expires, y may claim term 2 (x's silence lets it lapse).
-    a.handle_message(c.lease_ms + 10, &NodeId::new("y"), Message::Presence(crate::wire::Presence {
-        samples: rich(),
-        model_version: 0,
-        term: 1,
-        ranges: None,
-    }));
-    a.handle_message(c.lease_ms + 10, &NodeId::new("y"), Message::Claim { term: 2 });
+    a.handle_message(
+        c.lease_ms + 10,
+        &NodeId::new("y"),
+        Message::Presence(crate::wire::Presence {
+            samples: rich(),
+            model_version: 0,
+            term: 1,
+            ranges: None,
+        }),
+    );
+    a.handle_message(
+        c.lease_ms + 10,
+        &NodeId::new("y"),
+        Message::Claim { term: 2 },
+    );
     assert_eq!(a.durable().term, 2);
     // A restarted anchor keeps the term and does not re-grant it before the lease runs out.
     let restored = Anchor::new(c, NodeId::new(ANCHOR), a.durable().clone(), 0);
