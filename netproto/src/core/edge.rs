@@ -454,7 +454,13 @@ impl Edge {
             }
             Message::RoundOpened(plan) if from_anchor => self.learn_round(now, plan),
             Message::RoundCommitted(commit) if from_anchor => self.learn_commit(now, commit),
-            Message::RoundAbandoned { round, .. } if from_anchor => self.round_over(now, round),
+            Message::RoundAbandoned { round, reason, .. } if from_anchor => {
+                if self.active_round == Some(round) {
+                    self.outputs
+                        .push_back(Output::Event(Event::RoundAbandoned { round, reason }));
+                }
+                self.round_over(now, round);
+            }
             _ => {}
         }
     }

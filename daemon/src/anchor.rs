@@ -1,0 +1,757 @@
+//! The anchor's driver: runs the [`netproto::core::Anchor`] state machine over the swarm,
+//! validates and folds updates into a streaming FedAvg, commits global versions to RocksDB,
+//! evaluates them on a held-out set, and reports rounds to MLflow and OpenTelemetry.
+
+use crate::config::NodeConfig;
+use crate::mlflow::{MlflowBridge, MlflowConfig};
+use crate::net::{Net, NetEvent};
+use crate::node::{Clock, MAX_STATUS_ROUNDS, NodeStatus, RoundSummary, write_status};
+use crate::store::{AnchorStore, RoundLogEntry, VersionRecord};
+use crate::telemetry::{NodeSpan, NodeTracer};
+use anyhow::{Context, Result, bail};
+use libp2p::PeerId;
+use libp2p::request_response::ResponseChannel;
+use model::{ModelSpec, ParamSet, StreamingFedAvg};
+use netproto::core::{Anchor, AnchorDurable, Event, Output};
+use netproto::wire::{
+    DataRequest, DataResponse, Digest, Frame, MAX_CHUNK, Message, NodeId, UpdateHeader, digest_of,
+    short_hex,
+};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// An update whose chunks are arriving.
+struct Incoming {
+    header: UpdateHeader,
+    buf: Vec<u8>,
+}
+
+/// The round being collected.
+struct OpenRound {
+    round: u64,
+    participants: usize,
+    agg: StreamingFedAvg,
+    opened_ms: u64,
+    trace: Option<String>,
+    span: Option<NodeSpan>,
+    bytes_in: u64,
+}
+
+/// The anchor node.
+pub struct AnchorNode {
+    cfg: NodeConfig,
+    net: Net,
+    core: Anchor,
+    store: AnchorStore,
+    clock: Clock,
+    spec: ModelSpec,
+    model: Arc<ParamSet>,
+    model_bytes: Arc<Vec<u8>>,
+    open: Option<OpenRound>,
+    incoming: HashMap<PeerId, Incoming>,
+    /// Trace context of the latest proposal: the coordinator's round span.
+    proposal_trace: Option<String>,
+    holdout: Option<Arc<Vec<model::Trajectory>>>,
+    eval_tx: mpsc::Sender<(u64, u64, Result<f64, String>)>,
+    eval_rx: mpsc::Receiver<(u64, u64, Result<f64, String>)>,
+    /// Per version: (samples, sum of samples × rmse²) of the edges' evaluations.
+    edge_evals: BTreeMap<u64, (u64, f64)>,
+    /// Per version: the round that produced it.
+    version_round: BTreeMap<u64, u64>,
+    mlflow: MlflowBridge,
+    mlflow_task: tokio::task::JoinHandle<crate::mlflow::MlflowSummary>,
+    tracer: NodeTracer,
+    status: NodeStatus,
+    status_tx: watch::Sender<NodeStatus>,
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl AnchorNode {
+    /// Opens the store, restoring the last committed version (or creating the genesis model).
+    pub fn open(cfg: NodeConfig, net: Net, status_tx: watch::Sender<NodeStatus>) -> Result<Self> {
+        let store = AnchorStore::open(&cfg.data_dir.join("db"))?;
+        let spec = cfg.model.spec();
+        let clock = Clock::new();
+        let durable = match store.durable()? {
+            Some(bytes) => postcard::from_bytes::<AnchorDurable>(&bytes)
+                .context("the anchor's durable state is corrupt")?,
+            None => {
+                let genesis = model::try_init_params(&spec, cfg.model.init_seed)?;
+                let bytes = genesis.to_bytes();
+                let digest = digest_of(&bytes);
+                let durable = AnchorDurable::genesis(digest);
+                store.put_model(&digest, &bytes)?;
+                store.put_durable(&postcard::to_allocvec(&durable)?)?;
+                info!(
+                    digest = short_hex(&digest),
+                    "created genesis model (version 0)"
+                );
+                durable
+            }
+        };
+        let model_bytes = store.model(&durable.digest)?.with_context(|| {
+            format!(
+                "global model {} missing from the store",
+                short_hex(&durable.digest)
+            )
+        })?;
+        let model = ParamSet::from_bytes(&model_bytes).context("stored global model is corrupt")?;
+        if model.specs() != spec.param_specs()?.as_slice() {
+            bail!("the stored global model does not match the configured model architecture");
+        }
+        info!(
+            version = durable.version,
+            term = durable.term,
+            next_round = durable.next_round,
+            "anchor state restored"
+        );
+        let me = net.me().clone();
+        let core = Anchor::new(cfg.protocol.clone(), me.clone(), durable, clock.now());
+        let holdout = (cfg.holdout.machines > 0).then(|| {
+            Arc::new(model::generate(&model::SyntheticConfig {
+                machines: cfg.holdout.machines,
+                features: cfg.model.features,
+                seed: cfg.holdout.seed,
+                ..model::SyntheticConfig::default()
+            }))
+        });
+        let (eval_tx, eval_rx) = mpsc::channel(64);
+        let (mlflow, mlflow_task) = MlflowBridge::start(MlflowConfig {
+            tracking_uri: cfg.mlflow.tracking_uri.clone(),
+            experiment: cfg.mlflow.experiment.clone(),
+            run_name: format!("{}-{}", cfg.protocol.federation, unix_ms() / 1000),
+            local_dir: cfg.data_dir.clone(),
+            queue_capacity: 4096,
+            tags: vec![
+                ("federation".into(), cfg.protocol.federation.clone()),
+                ("anchor.peer_id".into(), me.to_string()),
+            ],
+        });
+        let tracer = NodeTracer::new(
+            cfg.service_name.as_deref().unwrap_or("fedd-anchor"),
+            cfg.otlp_endpoint.as_deref(),
+            vec![
+                ("peer.id".into(), me.to_string()),
+                ("federation.id".into(), cfg.protocol.federation.clone()),
+            ],
+        )?;
+        let mut status = status_tx.borrow().clone();
+        status.version = core.durable().version;
+        status.digest = hex::encode(core.durable().digest);
+        status.term = core.durable().term;
+        Ok(Self {
+            cfg,
+            net,
+            core,
+            store,
+            clock,
+            spec,
+            model: Arc::new(model),
+            model_bytes: Arc::new(model_bytes),
+            open: None,
+            incoming: HashMap::new(),
+            proposal_trace: None,
+            holdout,
+            eval_tx,
+            eval_rx,
+            edge_evals: BTreeMap::new(),
+            version_round: BTreeMap::new(),
+            mlflow,
+            mlflow_task,
+            tracer,
+            status,
+            status_tx,
+        })
+    }
+
+    fn log_session_params(&self) {
+        let p = &self.cfg.protocol;
+        self.mlflow.log_params(vec![
+            ("strategy".into(), "fedavg".into()),
+            ("federation_id".into(), p.federation.clone()),
+            (
+                "model.arch".into(),
+                format!("{:?}", self.spec.arch).to_lowercase(),
+            ),
+            ("model.window".into(), self.spec.window.to_string()),
+            ("model.features".into(), self.spec.features.to_string()),
+            ("model.params".into(), self.model.len().to_string()),
+            (
+                "criterion.min_failures".into(),
+                p.criterion.min_failures.to_string(),
+            ),
+            (
+                "criterion.min_windows".into(),
+                p.criterion.min_windows.to_string(),
+            ),
+            ("local_epochs".into(), p.hyper.local_epochs.to_string()),
+            ("batch_size".into(), p.hyper.batch_size.to_string()),
+            ("lr".into(), p.hyper.lr.to_string()),
+            ("prox_mu".into(), p.hyper.prox_mu.to_string()),
+            ("min_fit_fraction".into(), p.min_fit_fraction.to_string()),
+            ("round_deadline_ms".into(), p.round_deadline_ms.to_string()),
+            (
+                "max_update_norm".into(),
+                self.cfg.model.max_update_norm.to_string(),
+            ),
+            ("code_version".into(), env!("CARGO_PKG_VERSION").into()),
+        ]);
+    }
+
+    /// Runs until `shutdown` is cancelled; then uploads the global model to MLflow and
+    /// flushes telemetry.
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<()> {
+        self.log_session_params();
+        for addr in self.cfg.bootstrap.clone() {
+            let (peer, addr) = crate::net::parse_peer_addr(&addr)?;
+            self.net.add_bootstrap(peer, addr);
+        }
+        let mut kad_tick = tokio::time::interval(Duration::from_secs(30));
+        let result = loop {
+            let wake = self.clock.instant(self.core.poll_timeout());
+            tokio::select! {
+                () = shutdown.cancelled() => break Ok(()),
+                ev = self.net.next() => self.on_net(ev),
+                () = tokio::time::sleep_until(wake) => self.core.handle_timeout(self.clock.now()),
+                Some((version, round, r)) = self.eval_rx.recv() => self.on_eval(version, round, r),
+                _ = kad_tick.tick() => self.net.kad_bootstrap(),
+            }
+            if let Err(e) = self.drain() {
+                break Err(e);
+            }
+        };
+        self.mlflow
+            .log_artifact("global_model.bin", self.model_bytes.as_ref().clone());
+        self.mlflow
+            .finish(if result.is_ok() { "FINISHED" } else { "FAILED" });
+        let summary = tokio::time::timeout(Duration::from_secs(15), &mut self.mlflow_task).await;
+        if let Ok(Ok(s)) = summary {
+            info!(
+                delivered = s.delivered_metrics,
+                pending = s.pending_metrics,
+                "MLflow bridge finished"
+            );
+        }
+        let tracer = self.tracer.clone();
+        let _ = tokio::task::spawn_blocking(move || tracer.shutdown()).await;
+        result
+    }
+
+    fn now(&self) -> u64 {
+        self.clock.now()
+    }
+
+    fn on_net(&mut self, ev: NetEvent) {
+        match ev {
+            NetEvent::Control { from, env } => {
+                if matches!(env.message, Message::Propose(_)) {
+                    self.proposal_trace = env.trace.clone();
+                }
+                let now = self.now();
+                self.core.handle_message(now, &from, env.message);
+            }
+            NetEvent::DataRequest {
+                peer,
+                frame,
+                channel,
+            } => self.on_data_request(peer, frame, channel),
+            NetEvent::Peers => {
+                self.status.peers = self.net.connected();
+                self.publish_status();
+            }
+            NetEvent::DataResponse { .. } | NetEvent::Nothing => {}
+        }
+    }
+
+    fn on_data_request(
+        &mut self,
+        peer: PeerId,
+        frame: Frame<DataRequest>,
+        channel: ResponseChannel<Vec<u8>>,
+    ) {
+        let response = match frame.header {
+            DataRequest::FetchModel {
+                digest,
+                offset,
+                max_len,
+            } => self.serve_model(digest, offset, max_len),
+            DataRequest::PushUpdate(header) => {
+                let (received, accepted, error) = self.on_update_chunk(peer, header, frame.payload);
+                Frame {
+                    header: DataResponse::UpdateAck {
+                        received,
+                        accepted,
+                        error,
+                    },
+                    payload: vec![],
+                }
+            }
+        };
+        self.net.data_respond(channel, &response);
+    }
+
+    fn serve_model(&self, digest: Digest, offset: u64, max_len: u32) -> Frame<DataResponse> {
+        let bytes = if digest == self.core.durable().digest {
+            Some(self.model_bytes.clone())
+        } else {
+            self.store.model(&digest).ok().flatten().map(Arc::new)
+        };
+        let not_found = Frame {
+            header: DataResponse::NotFound,
+            payload: vec![],
+        };
+        let Some(bytes) = bytes else {
+            return not_found;
+        };
+        let Ok(start) = usize::try_from(offset) else {
+            return not_found;
+        };
+        if start > bytes.len() {
+            return not_found;
+        }
+        let end = bytes.len().min(start + (max_len as usize).min(MAX_CHUNK));
+        Frame {
+            header: DataResponse::ModelChunk {
+                digest,
+                total_len: bytes.len() as u64,
+                offset,
+            },
+            payload: bytes[start..end].to_vec(),
+        }
+    }
+
+    /// Buffers one chunk; returns (bytes received, accepted, error).
+    fn on_update_chunk(
+        &mut self,
+        peer: PeerId,
+        h: UpdateHeader,
+        payload: Vec<u8>,
+    ) -> (u64, bool, String) {
+        let from = NodeId(peer.to_string());
+        if h.offset == 0 {
+            if let Err(reject) = self.core.check_update(&from, h.round, h.term) {
+                let now = self.now();
+                // Goes through the core so the refusal is counted and logged.
+                let _ =
+                    self.core
+                        .handle_update(now, &from, h.round, h.term, h.samples, h.train_loss);
+                return (0, false, reject.to_string());
+            }
+            if h.total_len != self.model_bytes.len() as u64 {
+                let reason = format!(
+                    "update of {} bytes, the global model has {}",
+                    h.total_len,
+                    self.model_bytes.len()
+                );
+                self.core
+                    .handle_invalid_update(&from, h.round, reason.clone());
+                return (0, false, reason);
+            }
+            self.incoming.insert(
+                peer,
+                Incoming {
+                    buf: Vec::with_capacity(self.model_bytes.len()),
+                    header: h.clone(),
+                },
+            );
+        }
+        let Some(inc) = self.incoming.get_mut(&peer) else {
+            return (0, false, "no update in progress from this peer".into());
+        };
+        let consistent = inc.header.round == h.round
+            && inc.header.term == h.term
+            && h.offset == inc.buf.len() as u64
+            && inc.buf.len() + payload.len() <= inc.header.total_len as usize;
+        if !consistent {
+            self.incoming.remove(&peer);
+            return (0, false, "chunk out of sequence".into());
+        }
+        inc.buf.extend_from_slice(&payload);
+        if let Some(open) = self.open.as_mut() {
+            open.bytes_in += payload.len() as u64;
+        }
+        let received = inc.buf.len() as u64;
+        if received < inc.header.total_len {
+            return (received, false, String::new());
+        }
+        let Some(inc) = self.incoming.remove(&peer) else {
+            return (received, false, "lost update".into());
+        };
+        match self.finish_update(&from, inc) {
+            Ok(()) => (received, true, String::new()),
+            Err(e) => (received, false, e),
+        }
+    }
+
+    fn finish_update(&mut self, from: &NodeId, inc: Incoming) -> Result<(), String> {
+        let h = inc.header;
+        let parent = self.open.as_ref().and_then(|o| o.trace.clone());
+        let mut span = self.tracer.start_span(
+            "anchor.validate",
+            parent.as_deref(),
+            vec![("round", h.round.to_string()), ("edge", from.to_string())],
+        );
+        let checked = (|| {
+            if digest_of(&inc.buf) != h.payload_digest {
+                return Err("payload digest mismatch".to_owned());
+            }
+            let update = ParamSet::from_bytes(&inc.buf).map_err(|e| e.to_string())?;
+            model::validate_update(&self.model, &update, self.cfg.model.max_update_norm)
+                .map_err(|e| e.to_string())?;
+            if h.samples == 0 || !h.train_loss.is_finite() {
+                return Err("update claims no samples or a non-finite loss".to_owned());
+            }
+            Ok(update)
+        })();
+        let update = match checked {
+            Ok(u) => u,
+            Err(reason) => {
+                span.set_attr("rejected", reason.clone());
+                self.core
+                    .handle_invalid_update(from, h.round, reason.clone());
+                return Err(reason);
+            }
+        };
+        let now = self.now();
+        self.core
+            .handle_update(now, from, h.round, h.term, h.samples, h.train_loss)
+            .map_err(|r| r.to_string())?;
+        let open = self.open.as_mut().ok_or("no round is being collected")?;
+        open.agg
+            .add(&update, h.samples)
+            .map_err(|e| format!("aggregation: {e}"))?;
+        span.set_attr("accepted", "true".into());
+        Ok(())
+    }
+
+    fn drain(&mut self) -> Result<()> {
+        while let Some(out) = self.core.poll_output() {
+            match out {
+                Output::Broadcast(msg) => {
+                    let trace = self.open.as_ref().and_then(|o| o.trace.clone());
+                    self.net.broadcast(msg, trace);
+                }
+                Output::Send { to, message } => self.net.send(&to, message, None),
+                Output::Persist(durable) => {
+                    self.store
+                        .put_durable(&postcard::to_allocvec(&durable)?)
+                        .context("persisting the anchor state")?;
+                }
+                Output::Aggregate {
+                    round,
+                    term,
+                    version,
+                    included,
+                } => self.aggregate(round, term, version, included.len())?,
+                Output::DiscardRound { round } => {
+                    if self.open.as_ref().is_some_and(|o| o.round == round) {
+                        self.open = None;
+                    }
+                    self.incoming.clear();
+                }
+                Output::Event(ev) => self.on_event(ev)?,
+                Output::Train(_)
+                | Output::CancelTraining { .. }
+                | Output::PushUpdate { .. }
+                | Output::NewGlobal(_) => {}
+            }
+        }
+        let d = self.core.durable();
+        self.status.term = d.term;
+        self.status.coordinator = d.coordinator.as_ref().map(ToString::to_string);
+        self.status.version = d.version;
+        self.status.digest = hex::encode(d.digest);
+        self.publish_status();
+        Ok(())
+    }
+
+    fn publish_status(&mut self) {
+        if *self.status_tx.borrow() != self.status {
+            write_status(&self.cfg.data_dir, &self.status);
+            self.status_tx.send_replace(self.status.clone());
+        }
+    }
+
+    fn aggregate(&mut self, round: u64, term: u64, version: u64, included: usize) -> Result<()> {
+        let Some(open) = self.open.take().filter(|o| o.round == round) else {
+            self.core
+                .handle_aggregation_failed(round, "no aggregate for this round".into());
+            return Ok(());
+        };
+        let mut span = self.tracer.start_span(
+            "anchor.aggregate",
+            open.trace.as_deref(),
+            vec![
+                ("round", round.to_string()),
+                ("updates", included.to_string()),
+            ],
+        );
+        let params = match open.agg.finish() {
+            Ok(p) => p,
+            Err(e) => {
+                span.set_attr("error", e.to_string());
+                self.core.handle_aggregation_failed(round, e.to_string());
+                return Ok(());
+            }
+        };
+        span.end();
+        let commit_span = self.tracer.start_span(
+            "anchor.commit",
+            open.trace.as_deref(),
+            vec![
+                ("round", round.to_string()),
+                ("version", version.to_string()),
+            ],
+        );
+        let bytes = params.to_bytes();
+        let digest = digest_of(&bytes);
+        let now = self.now();
+        let rejected = self.core.rejected_in_round();
+        let durable = match self.core.handle_committed(now, round, digest) {
+            Ok(d) => d,
+            Err(e) => {
+                warn!(round, "commit refused by the core: {e}");
+                return Ok(());
+            }
+        };
+        let rec = VersionRecord {
+            version,
+            digest,
+            round,
+            term,
+            committed_at_ms: unix_ms(),
+            participants: included as u32,
+            samples: 0,
+            train_loss: f32::NAN,
+            eval_rmse: None,
+        };
+        // The model, its version record and the new durable state land in one atomic
+        // batch: a crash leaves either the old or the new version, never a mix.
+        self.store
+            .commit_version(&rec, &bytes, &postcard::to_allocvec(&durable)?)
+            .context("committing the global model")?;
+        drop(commit_span);
+        self.model = Arc::new(params);
+        self.model_bytes = Arc::new(bytes);
+        self.version_round.insert(version, round);
+        while self.version_round.len() > 64 {
+            self.version_round.pop_first();
+        }
+        let duration_ms = now.saturating_sub(open.opened_ms);
+        self.status.rounds.push(RoundSummary {
+            round,
+            version: Some(version),
+            included,
+            participants: open.participants,
+            rejected,
+            train_loss: f32::NAN,
+            eval_rmse: None,
+            duration_ms,
+            bytes_in: open.bytes_in,
+        });
+        if self.status.rounds.len() > MAX_STATUS_ROUNDS {
+            self.status.rounds.remove(0);
+        }
+        self.spawn_eval(version, round);
+        Ok(())
+    }
+
+    fn spawn_eval(&self, version: u64, round: u64) {
+        let (Some(holdout), Some(scaler)) =
+            (self.holdout.clone(), self.core.durable().scaler.clone())
+        else {
+            return;
+        };
+        let spec = self.spec.clone();
+        let params = self.model.clone();
+        let tx = self.eval_tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let scaler = model::Scaler {
+                min: scaler.min,
+                max: scaler.max,
+            };
+            let data = model::make_windows(
+                &holdout,
+                &scaler,
+                &model::WindowConfig {
+                    window: spec.window,
+                    ..model::WindowConfig::default()
+                },
+            );
+            let r = model::evaluate(&spec, &params, &data)
+                .map(|m| m.rmse)
+                .map_err(|e| e.to_string());
+            let _ = tx.blocking_send((version, round, r));
+        });
+    }
+
+    fn on_eval(&mut self, version: u64, round: u64, r: Result<f64, String>) {
+        match r {
+            Ok(rmse) => {
+                info!(
+                    version,
+                    round,
+                    rmse = format!("{rmse:.3}"),
+                    "global model evaluated on the held-out set"
+                );
+                self.mlflow
+                    .log_metrics(round, vec![("eval_rmse".into(), rmse)]);
+                if let Some(s) = self
+                    .status
+                    .rounds
+                    .iter_mut()
+                    .rev()
+                    .find(|s| s.version == Some(version))
+                {
+                    s.eval_rmse = Some(rmse);
+                }
+                self.publish_status();
+            }
+            Err(e) => warn!(version, "evaluation failed: {e}"),
+        }
+    }
+
+    fn on_event(&mut self, ev: Event) -> Result<()> {
+        let now = self.now();
+        match &ev {
+            Event::RoundOpened(plan) => {
+                let trace = self.proposal_trace.take();
+                let span = self.tracer.start_span(
+                    "anchor.collect",
+                    trace.as_deref(),
+                    vec![
+                        ("round", plan.round.to_string()),
+                        ("term", plan.term.to_string()),
+                        ("participants", plan.participants.len().to_string()),
+                    ],
+                );
+                info!(
+                    round = plan.round,
+                    term = plan.term,
+                    participants = plan.participants.len(),
+                    coordinator = %plan.coordinator,
+                    "round opened"
+                );
+                self.open = Some(OpenRound {
+                    round: plan.round,
+                    participants: plan.participants.len(),
+                    agg: StreamingFedAvg::new(self.model.specs().to_vec()),
+                    opened_ms: now,
+                    trace,
+                    span: Some(span),
+                    bytes_in: 0,
+                });
+                self.incoming.clear();
+            }
+            Event::RoundCommitted(c) => {
+                info!(
+                    round = c.round,
+                    version = c.version,
+                    included = c.included.len(),
+                    train_loss = format!("{:.4}", c.train_loss),
+                    digest = short_hex(&c.digest),
+                    "round committed"
+                );
+                let rejected = self.status.rounds.last().map_or(0, |s| s.rejected);
+                if let Some(s) = self.status.rounds.last_mut() {
+                    s.train_loss = c.train_loss;
+                }
+                let last = self.status.rounds.last().cloned().unwrap_or_default();
+                let mut metrics = vec![
+                    ("train_loss".into(), f64::from(c.train_loss)),
+                    ("participants".into(), c.included.len() as f64),
+                    ("rejected_updates".into(), f64::from(rejected)),
+                    ("round_duration_ms".into(), last.duration_ms as f64),
+                    ("bytes_in".into(), last.bytes_in as f64),
+                    ("bytes_out_total".into(), self.net.bytes_out as f64),
+                    ("samples".into(), c.samples as f64),
+                ];
+                // The edges' evaluations of the previous version, sample-weighted.
+                if let Some((n, sq)) = self.edge_evals.remove(&(c.version - 1))
+                    && n > 0
+                {
+                    metrics.push(("edge_eval_rmse".into(), (sq / n as f64).sqrt()));
+                }
+                self.mlflow.log_metrics(c.round, metrics);
+                self.status.last_event =
+                    format!("round {} committed version {}", c.round, c.version);
+                if let Some(o) = self.open.as_mut() {
+                    o.span.take();
+                }
+                let _ = self.store.append_round(&RoundLogEntry {
+                    round: c.round,
+                    term: c.term,
+                    outcome: "committed".into(),
+                    participants: vec![],
+                    included: c.included.iter().map(ToString::to_string).collect(),
+                    rejected,
+                    started_at_ms: 0,
+                    ended_at_ms: unix_ms(),
+                    version: Some(c.version),
+                });
+            }
+            Event::RoundAbandoned { round, reason } => {
+                warn!(round, "round abandoned: {reason}");
+                self.status.last_event = format!("round {round} abandoned: {reason}");
+                self.status.rounds.push(RoundSummary {
+                    round: *round,
+                    ..RoundSummary::default()
+                });
+                let _ = self.store.append_round(&RoundLogEntry {
+                    round: *round,
+                    term: self.core.durable().term,
+                    outcome: format!("abandoned: {reason}"),
+                    participants: vec![],
+                    included: vec![],
+                    rejected: 0,
+                    started_at_ms: 0,
+                    ended_at_ms: unix_ms(),
+                    version: None,
+                });
+            }
+            Event::UpdateAccepted {
+                round,
+                from,
+                samples,
+            } => {
+                info!(round, %from, samples, "update accepted");
+            }
+            Event::UpdateRejected {
+                round,
+                from,
+                reason,
+            } => {
+                warn!(round, %from, "update rejected: {reason}");
+                self.status.last_event = format!("update from {from} rejected: {reason}");
+            }
+            Event::TermGranted { term, coordinator } => {
+                info!(term, %coordinator, "coordinator lease granted");
+            }
+            Event::EvalReported {
+                version,
+                samples,
+                rmse,
+                ..
+            } => {
+                let e = self.edge_evals.entry(*version).or_insert((0, 0.0));
+                e.0 += samples;
+                e.1 += *samples as f64 * rmse * rmse;
+                while self.edge_evals.len() > 64 {
+                    self.edge_evals.pop_first();
+                }
+            }
+            Event::ProposalRejected { reason } => info!("proposal rejected: {reason}"),
+            _ => {}
+        }
+        Ok(())
+    }
+}

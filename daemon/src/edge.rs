@@ -1,0 +1,824 @@
+//! The edge's driver: runs the [`netproto::core::Edge`] state machine over the swarm, keeps
+//! machine data in RocksDB, fetches global models by digest (chunked, resumable,
+//! digest-checked), trains off the async runtime, and pushes updates to the anchor.
+
+use crate::config::NodeConfig;
+use crate::net::{Net, NetEvent};
+use crate::node::{Clock, NodeStatus, write_status};
+use crate::store::EdgeStore;
+use crate::telemetry::{NodeSpan, NodeTracer};
+use anyhow::{Context, Result};
+use libp2p::PeerId;
+use libp2p::request_response::{OutboundRequestId, ResponseChannel};
+use model::{Dataset, ModelSpec, ParamSet, Trajectory};
+use netproto::core::{Edge, Event, Output};
+use netproto::wire::{
+    DataRequest, DataResponse, Digest, FeatureRanges, Frame, MAX_CHUNK, Message, NodeId, RoundPlan,
+    SampleCounts, UpdateHeader, digest_of, short_hex,
+};
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// Largest model an edge accepts to download.
+const MAX_MODEL_BYTES: u64 = 1 << 30;
+/// Attempts per chunk before a fetch or push gives up.
+const MAX_ATTEMPTS: u32 = 3;
+
+/// What a data-plane request of ours was for.
+enum Pending {
+    Fetch(Digest),
+    Push(u64),
+}
+
+/// A model download in progress.
+struct Fetch {
+    buf: Vec<u8>,
+    source: PeerId,
+    attempts: u32,
+    span: Option<NodeSpan>,
+}
+
+/// An update upload in progress.
+struct Push {
+    round: u64,
+    term: u64,
+    bytes: Arc<Vec<u8>>,
+    offset: usize,
+    samples: u64,
+    loss: f32,
+    attempts: u32,
+    span: Option<NodeSpan>,
+}
+
+/// A trained update waiting for the core's go-ahead to push.
+struct Trained {
+    round: u64,
+    bytes: Arc<Vec<u8>>,
+    samples: u64,
+    loss: f32,
+}
+
+type TrainResult = (u64, Result<model::TrainOutcome, String>);
+
+/// The edge node.
+pub struct EdgeNode {
+    cfg: NodeConfig,
+    net: Net,
+    core: Edge,
+    store: EdgeStore,
+    clock: Clock,
+    spec: ModelSpec,
+    anchor: PeerId,
+    train_set: Arc<Vec<Trajectory>>,
+    val_set: Arc<Vec<Trajectory>>,
+    datasets: Option<(FeatureRanges, Arc<Dataset>, Arc<Dataset>)>,
+    fetches: HashMap<Digest, Fetch>,
+    pending: HashMap<OutboundRequestId, Pending>,
+    /// The round whose base model is being fetched.
+    waiting_for_base: Option<RoundPlan>,
+    /// The global version to evaluate once its model is here.
+    want_eval: Option<(u64, Digest)>,
+    training: Option<(u64, Arc<AtomicBool>, Option<NodeSpan>)>,
+    trained: Option<Trained>,
+    push: Option<Push>,
+    round_trace: Option<(u64, String)>,
+    coordinator_span: Option<NodeSpan>,
+    train_tx: mpsc::Sender<TrainResult>,
+    train_rx: mpsc::Receiver<TrainResult>,
+    eval_tx: mpsc::Sender<(u64, u64, Result<f64, String>)>,
+    eval_rx: mpsc::Receiver<(u64, u64, Result<f64, String>)>,
+    tracer: NodeTracer,
+    status: NodeStatus,
+    status_tx: watch::Sender<NodeStatus>,
+}
+
+/// Splits recordings into training and validation machines (whole machines, the last
+/// `fraction` by machine id), so local evaluation never sees training machines.
+pub fn split_machines(
+    mut trajs: Vec<Trajectory>,
+    fraction: f64,
+) -> (Vec<Trajectory>, Vec<Trajectory>) {
+    trajs.sort_by_key(|t| t.machine);
+    let n_val = if trajs.len() >= 2 {
+        ((trajs.len() as f64 * fraction).round() as usize)
+            .clamp(usize::from(fraction > 0.0), trajs.len() - 1)
+    } else {
+        0
+    };
+    let val = trajs.split_off(trajs.len() - n_val);
+    (trajs, val)
+}
+
+impl EdgeNode {
+    /// Opens the store (ingesting synthetic machines if configured and empty) and
+    /// computes the sample counts the criterion is judged on.
+    pub fn open(cfg: NodeConfig, net: Net, status_tx: watch::Sender<NodeStatus>) -> Result<Self> {
+        let store = EdgeStore::open(&cfg.data_dir.join("db"))?;
+        if store.machine_count()? == 0 && cfg.data.synthetic_machines > 0 {
+            let trajs = model::generate(&model::SyntheticConfig {
+                machines: cfg.data.synthetic_machines,
+                features: cfg.model.features,
+                seed: cfg.data.synthetic_seed,
+                ..model::SyntheticConfig::default()
+            });
+            store.ingest_trajectories(&trajs)?;
+            info!(
+                machines = trajs.len(),
+                seed = cfg.data.synthetic_seed,
+                "ingested synthetic run-to-failure data"
+            );
+        }
+        let all = store.trajectories()?;
+        let spec = cfg.model.spec();
+        if let Some(t) = all
+            .iter()
+            .find(|t| t.rows.iter().any(|r| r.len() != spec.features))
+        {
+            anyhow::bail!(
+                "machine {} has rows of {} features; the model expects {}",
+                t.machine,
+                t.rows.first().map_or(0, Vec::len),
+                spec.features
+            );
+        }
+        let ranges = model::Scaler::fit(&all).map(|s| FeatureRanges {
+            min: s.min,
+            max: s.max,
+        });
+        let failures = all.len() as u64;
+        let (train, val) = split_machines(all, cfg.data.validation_fraction);
+        let wcfg = model::WindowConfig {
+            window: spec.window,
+            ..model::WindowConfig::default()
+        };
+        let samples = SampleCounts {
+            failures,
+            windows: model::count_windows(&train, &wcfg),
+        };
+        let (_, anchor_addr) =
+            crate::net::parse_peer_addr(cfg.anchor.as_deref().unwrap_or_default())?;
+        let (anchor, _) = crate::net::parse_peer_addr(&anchor_addr.to_string())?;
+        let clock = Clock::new();
+        let me = net.me().clone();
+        let core = Edge::new(
+            cfg.protocol.clone(),
+            me.clone(),
+            NodeId(anchor.to_string()),
+            samples,
+            ranges,
+            cfg.seed,
+            clock.now(),
+        );
+        let (train_tx, train_rx) = mpsc::channel(4);
+        let (eval_tx, eval_rx) = mpsc::channel(4);
+        let short = &me.as_str()[me.as_str().len().saturating_sub(6)..];
+        let tracer = NodeTracer::new(
+            cfg.service_name
+                .as_deref()
+                .unwrap_or(&format!("fedd-edge-{short}")),
+            cfg.otlp_endpoint.as_deref(),
+            vec![
+                ("peer.id".into(), me.to_string()),
+                ("federation.id".into(), cfg.protocol.federation.clone()),
+            ],
+        )?;
+        let mut status = status_tx.borrow().clone();
+        status.failures = samples.failures;
+        status.windows = samples.windows;
+        status.eligible = cfg.protocol.criterion.is_met(&samples);
+        status_tx.send_replace(status.clone());
+        Ok(Self {
+            cfg,
+            net,
+            core,
+            store,
+            clock,
+            spec,
+            anchor,
+            train_set: Arc::new(train),
+            val_set: Arc::new(val),
+            datasets: None,
+            fetches: HashMap::new(),
+            pending: HashMap::new(),
+            waiting_for_base: None,
+            want_eval: None,
+            training: None,
+            trained: None,
+            push: None,
+            round_trace: None,
+            coordinator_span: None,
+            train_tx,
+            train_rx,
+            eval_tx,
+            eval_rx,
+            tracer,
+            status,
+            status_tx,
+        })
+    }
+
+    /// Runs until `shutdown` is cancelled.
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<()> {
+        let anchor_addr = self.cfg.anchor.clone().unwrap_or_default();
+        let (peer, addr) = crate::net::parse_peer_addr(&anchor_addr)?;
+        self.net.add_bootstrap(peer, addr);
+        for b in self.cfg.bootstrap.clone() {
+            let (peer, addr) = crate::net::parse_peer_addr(&b)?;
+            self.net.add_bootstrap(peer, addr);
+        }
+        let mut kad_tick = tokio::time::interval(Duration::from_secs(30));
+        let result = loop {
+            let wake = self.clock.instant(self.core.poll_timeout());
+            tokio::select! {
+                () = shutdown.cancelled() => break Ok(()),
+                ev = self.net.next() => self.on_net(ev),
+                () = tokio::time::sleep_until(wake) => self.core.handle_timeout(self.clock.now()),
+                Some((round, r)) = self.train_rx.recv() => self.on_trained(round, r),
+                Some((version, samples, r)) = self.eval_rx.recv() => self.on_eval(version, samples, r),
+                _ = kad_tick.tick() => self.net.kad_bootstrap(),
+            }
+            if let Err(e) = self.drain() {
+                break Err(e);
+            }
+        };
+        if let Some((_, cancel, _)) = &self.training {
+            cancel.store(true, Ordering::Relaxed);
+        }
+        let tracer = self.tracer.clone();
+        let _ = tokio::task::spawn_blocking(move || tracer.shutdown()).await;
+        result
+    }
+
+    fn now(&self) -> u64 {
+        self.clock.now()
+    }
+
+    fn on_net(&mut self, ev: NetEvent) {
+        match ev {
+            NetEvent::Control { from, env } => {
+                if let Message::RoundOpened(plan) = &env.message
+                    && let Some(t) = &env.trace
+                {
+                    self.round_trace = Some((plan.round, t.clone()));
+                }
+                let now = self.now();
+                self.core.handle_message(now, &from, env.message);
+            }
+            NetEvent::DataRequest {
+                peer,
+                frame,
+                channel,
+            } => self.serve(peer, frame, channel),
+            NetEvent::DataResponse { id, result } => self.on_data_response(id, result),
+            NetEvent::Peers => self.status.peers = self.net.connected(),
+            NetEvent::Nothing => {}
+        }
+    }
+
+    /// Edges serve the global models they hold to each other, so the anchor's egress does
+    /// not grow with the federation.
+    fn serve(
+        &mut self,
+        _peer: PeerId,
+        frame: Frame<DataRequest>,
+        channel: ResponseChannel<Vec<u8>>,
+    ) {
+        let response = match frame.header {
+            DataRequest::FetchModel {
+                digest,
+                offset,
+                max_len,
+            } => match self.store.model(&digest).ok().flatten() {
+                Some(bytes) if offset <= bytes.len() as u64 => {
+                    let start = offset as usize;
+                    let end = bytes.len().min(start + (max_len as usize).min(MAX_CHUNK));
+                    Frame {
+                        header: DataResponse::ModelChunk {
+                            digest,
+                            total_len: bytes.len() as u64,
+                            offset,
+                        },
+                        payload: bytes[start..end].to_vec(),
+                    }
+                }
+                _ => Frame {
+                    header: DataResponse::NotFound,
+                    payload: vec![],
+                },
+            },
+            DataRequest::PushUpdate(_) => Frame {
+                header: DataResponse::UpdateAck {
+                    received: 0,
+                    accepted: false,
+                    error: "edges do not aggregate".into(),
+                },
+                payload: vec![],
+            },
+        };
+        self.net.data_respond(channel, &response);
+    }
+
+    fn round_parent(&self, round: u64) -> Option<String> {
+        self.round_trace
+            .as_ref()
+            .filter(|(r, _)| *r == round)
+            .map(|(_, t)| t.clone())
+    }
+
+    fn request_chunk(&mut self, digest: Digest) {
+        let Some(f) = self.fetches.get(&digest) else {
+            return;
+        };
+        let frame = Frame {
+            header: DataRequest::FetchModel {
+                digest,
+                offset: f.buf.len() as u64,
+                max_len: MAX_CHUNK as u32,
+            },
+            payload: vec![],
+        };
+        let source = f.source;
+        if let Some(id) = self.net.data_request(source, &frame) {
+            self.pending.insert(id, Pending::Fetch(digest));
+        }
+    }
+
+    /// Makes sure the model `digest` is (or will be) in the local store; returns it if here.
+    fn ensure_model(&mut self, digest: Digest, parent: Option<&str>) -> Option<ParamSet> {
+        if let Ok(Some(bytes)) = self.store.model(&digest) {
+            match ParamSet::from_bytes(&bytes) {
+                Ok(p) => return Some(p),
+                Err(e) => warn!("cached model {} is corrupt: {e}", short_hex(&digest)),
+            }
+        }
+        if !self.fetches.contains_key(&digest) {
+            let span =
+                self.tracer
+                    .start_span("edge.fetch", parent, vec![("digest", short_hex(&digest))]);
+            self.fetches.insert(
+                digest,
+                Fetch {
+                    buf: Vec::new(),
+                    source: self.anchor,
+                    attempts: 0,
+                    span: Some(span),
+                },
+            );
+            self.request_chunk(digest);
+        }
+        None
+    }
+
+    fn on_data_response(
+        &mut self,
+        id: OutboundRequestId,
+        result: Result<Frame<DataResponse>, String>,
+    ) {
+        match self.pending.remove(&id) {
+            Some(Pending::Fetch(digest)) => self.on_fetch_chunk(digest, result),
+            Some(Pending::Push(round)) => self.on_push_ack(round, result),
+            None => {}
+        }
+    }
+
+    fn on_fetch_chunk(&mut self, digest: Digest, result: Result<Frame<DataResponse>, String>) {
+        let Some(f) = self.fetches.get_mut(&digest) else {
+            return;
+        };
+        let outcome = match result {
+            Ok(Frame {
+                header:
+                    DataResponse::ModelChunk {
+                        digest: d,
+                        total_len,
+                        offset,
+                    },
+                payload,
+            }) if d == digest && offset == f.buf.len() as u64 && total_len <= MAX_MODEL_BYTES => {
+                if f.buf.len() as u64 + payload.len() as u64 > total_len
+                    || payload.is_empty() && offset < total_len
+                {
+                    Err("chunk overruns the model".to_owned())
+                } else {
+                    f.buf.extend_from_slice(&payload);
+                    Ok(f.buf.len() as u64 == total_len)
+                }
+            }
+            Ok(Frame {
+                header: DataResponse::NotFound,
+                ..
+            }) => Err("source does not hold the model".to_owned()),
+            Ok(_) => Err("unexpected response".to_owned()),
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(false) => self.request_chunk(digest),
+            Ok(true) => {
+                let Some(f) = self.fetches.remove(&digest) else {
+                    return;
+                };
+                if digest_of(&f.buf) != digest {
+                    warn!(
+                        "model {} failed its digest check; refetching",
+                        short_hex(&digest)
+                    );
+                    self.fetch_failed(digest, "digest mismatch");
+                    return;
+                }
+                if let Err(e) = self.store.put_model(&digest, &f.buf) {
+                    warn!("caching model: {e}");
+                }
+                drop(f.span);
+                self.model_ready(digest);
+            }
+            Err(e) => {
+                f.attempts += 1;
+                if f.attempts < MAX_ATTEMPTS {
+                    // Resumes at the bytes already received.
+                    self.request_chunk(digest);
+                } else {
+                    self.fetches.remove(&digest);
+                    self.fetch_failed(digest, &e);
+                }
+            }
+        }
+    }
+
+    fn fetch_failed(&mut self, digest: Digest, why: &str) {
+        warn!("fetching model {} failed: {why}", short_hex(&digest));
+        if let Some(plan) = self.waiting_for_base.take_if(|p| p.base_digest == digest) {
+            let now = self.now();
+            self.core.handle_training_done(now, plan.round, false);
+        }
+        if self.want_eval.is_some_and(|(_, d)| d == digest) {
+            self.want_eval = None;
+        }
+    }
+
+    fn model_ready(&mut self, digest: Digest) {
+        if let Some(plan) = self.waiting_for_base.take_if(|p| p.base_digest == digest) {
+            self.start_training(plan);
+        }
+        if let Some((version, d)) = self.want_eval
+            && d == digest
+        {
+            self.want_eval = None;
+            self.start_eval(version, digest);
+        }
+    }
+
+    fn datasets(&mut self, scaler: &FeatureRanges) -> (Arc<Dataset>, Arc<Dataset>) {
+        if let Some((s, t, v)) = &self.datasets
+            && s == scaler
+        {
+            return (t.clone(), v.clone());
+        }
+        let sc = model::Scaler {
+            min: scaler.min.clone(),
+            max: scaler.max.clone(),
+        };
+        let wcfg = model::WindowConfig {
+            window: self.spec.window,
+            ..model::WindowConfig::default()
+        };
+        let t = Arc::new(model::make_windows(&self.train_set, &sc, &wcfg));
+        let v = Arc::new(model::make_windows(&self.val_set, &sc, &wcfg));
+        self.datasets = Some((scaler.clone(), t.clone(), v.clone()));
+        (t, v)
+    }
+
+    fn start_training(&mut self, plan: RoundPlan) {
+        let Some(base) =
+            self.ensure_model(plan.base_digest, self.round_parent(plan.round).as_deref())
+        else {
+            self.waiting_for_base = Some(plan);
+            return;
+        };
+        let Some(scaler) = plan.scaler.clone() else {
+            warn!(round = plan.round, "round plan has no scaler; not training");
+            let now = self.now();
+            self.core.handle_training_done(now, plan.round, false);
+            return;
+        };
+        let (train, _) = self.datasets(&scaler);
+        let cancel = Arc::new(AtomicBool::new(false));
+        let span = self.tracer.start_span(
+            "edge.train",
+            self.round_parent(plan.round).as_deref(),
+            vec![
+                ("round", plan.round.to_string()),
+                ("windows", train.len().to_string()),
+                ("epochs", plan.hyper.local_epochs.to_string()),
+            ],
+        );
+        self.training = Some((plan.round, cancel.clone(), Some(span)));
+        let spec = self.spec.clone();
+        let tcfg = model::TrainConfig {
+            epochs: plan.hyper.local_epochs.max(1) as usize,
+            batch_size: plan.hyper.batch_size.max(1) as usize,
+            lr: f64::from(plan.hyper.lr),
+            prox_mu: (plan.hyper.prox_mu > 0.0).then_some(plan.hyper.prox_mu),
+            seed: self.cfg.seed ^ plan.round,
+        };
+        let tx = self.train_tx.clone();
+        let round = plan.round;
+        info!(round, windows = train.len(), "training");
+        tokio::task::spawn_blocking(move || {
+            let r =
+                model::train_local(&spec, &base, &train, &tcfg, &cancel).map_err(|e| e.to_string());
+            let _ = tx.blocking_send((round, r));
+        });
+    }
+
+    fn on_trained(&mut self, round: u64, r: Result<model::TrainOutcome, String>) {
+        let Some((r_round, _, span)) = self.training.take() else {
+            return;
+        };
+        drop(span);
+        if r_round != round {
+            return;
+        }
+        let now = self.now();
+        match r {
+            Ok(outcome) => {
+                info!(
+                    round,
+                    loss = format!("{:.4}", outcome.loss),
+                    samples = outcome.samples,
+                    "local training done"
+                );
+                self.status.rounds_trained += 1;
+                self.trained = Some(Trained {
+                    round,
+                    bytes: Arc::new(outcome.params.to_bytes()),
+                    samples: outcome.samples,
+                    loss: outcome.loss,
+                });
+                self.core.handle_training_done(now, round, true);
+            }
+            Err(e) => {
+                warn!(round, "local training failed: {e}");
+                self.core.handle_training_done(now, round, false);
+            }
+        }
+    }
+
+    fn send_push_chunk(&mut self) {
+        let Some(p) = &self.push else {
+            return;
+        };
+        let end = p.bytes.len().min(p.offset + MAX_CHUNK);
+        let frame = Frame {
+            header: DataRequest::PushUpdate(UpdateHeader {
+                round: p.round,
+                term: p.term,
+                samples: p.samples,
+                train_loss: p.loss,
+                total_len: p.bytes.len() as u64,
+                offset: p.offset as u64,
+                payload_digest: digest_of(&p.bytes),
+                trace: p.span.as_ref().map(NodeSpan::traceparent),
+            }),
+            payload: p.bytes[p.offset..end].to_vec(),
+        };
+        let round = p.round;
+        if let Some(id) = self.net.data_request(self.anchor, &frame) {
+            self.pending.insert(id, Pending::Push(round));
+        }
+    }
+
+    fn on_push_ack(&mut self, round: u64, result: Result<Frame<DataResponse>, String>) {
+        let Some(p) = self.push.as_mut().filter(|p| p.round == round) else {
+            return;
+        };
+        match result {
+            Ok(Frame {
+                header:
+                    DataResponse::UpdateAck {
+                        received,
+                        accepted,
+                        error,
+                    },
+                ..
+            }) => {
+                if !error.is_empty() {
+                    warn!(round, "anchor refused the update: {error}");
+                    self.push = None;
+                } else if accepted {
+                    info!(round, bytes = received, "update accepted by the anchor");
+                    self.push = None;
+                } else {
+                    p.offset = received as usize;
+                    self.send_push_chunk();
+                }
+            }
+            Ok(_) => {
+                warn!(round, "unexpected answer to an update push");
+                self.push = None;
+            }
+            Err(e) => {
+                p.attempts += 1;
+                if p.attempts < MAX_ATTEMPTS {
+                    warn!(round, "update push failed ({e}); retrying");
+                    // A restarted transfer starts over: the anchor drops partial uploads.
+                    p.offset = 0;
+                    self.send_push_chunk();
+                } else {
+                    warn!(round, "update push failed: {e}");
+                    self.push = None;
+                }
+            }
+        }
+    }
+
+    fn start_eval(&mut self, version: u64, digest: Digest) {
+        let Some(scaler) = self.datasets.as_ref().map(|(s, _, _)| s.clone()) else {
+            return;
+        };
+        let (_, val) = self.datasets(&scaler);
+        if val.is_empty() {
+            return;
+        }
+        let Ok(Some(bytes)) = self.store.model(&digest) else {
+            return;
+        };
+        let Ok(params) = ParamSet::from_bytes(&bytes) else {
+            return;
+        };
+        let spec = self.spec.clone();
+        let tx = self.eval_tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let r = model::evaluate(&spec, &params, &val)
+                .map(|m| m.rmse)
+                .map_err(|e| e.to_string());
+            let _ = tx.blocking_send((version, val.len() as u64, r));
+        });
+    }
+
+    fn on_eval(&mut self, version: u64, samples: u64, r: Result<f64, String>) {
+        match r {
+            Ok(rmse) if rmse.is_finite() => {
+                self.status.local_eval_rmse = Some(rmse);
+                let anchor = NodeId(self.anchor.to_string());
+                self.net.send(
+                    &anchor,
+                    Message::EvalReport {
+                        version,
+                        samples,
+                        rmse,
+                    },
+                    None,
+                );
+            }
+            Ok(_) => {}
+            Err(e) => warn!(version, "local evaluation failed: {e}"),
+        }
+    }
+
+    fn drain(&mut self) -> Result<()> {
+        while let Some(out) = self.core.poll_output() {
+            match out {
+                Output::Broadcast(msg) => self.net.broadcast(msg, None),
+                Output::Send { to, message } => {
+                    let trace = if matches!(message, Message::Propose(_)) {
+                        // The coordinator's round span is the root of the round's trace.
+                        let span = self.tracer.start_span(
+                            "round",
+                            None,
+                            vec![("coordinator", self.net.me().to_string())],
+                        );
+                        let tp = span.traceparent();
+                        self.coordinator_span = Some(span);
+                        Some(tp)
+                    } else {
+                        None
+                    };
+                    self.net.send(&to, message, trace);
+                }
+                Output::Train(plan) => self.start_training(plan),
+                Output::CancelTraining { round } => {
+                    if let Some((r, cancel, _)) = &self.training
+                        && *r == round
+                    {
+                        cancel.store(true, Ordering::Relaxed);
+                    }
+                    if self
+                        .waiting_for_base
+                        .as_ref()
+                        .is_some_and(|p| p.round == round)
+                    {
+                        self.waiting_for_base = None;
+                    }
+                    if self.trained.as_ref().is_some_and(|t| t.round == round) {
+                        self.trained = None;
+                    }
+                }
+                Output::PushUpdate { round, term, .. } => {
+                    if let Some(t) = self.trained.take().filter(|t| t.round == round) {
+                        let span = self.tracer.start_span(
+                            "edge.push",
+                            self.round_parent(round).as_deref(),
+                            vec![
+                                ("round", round.to_string()),
+                                ("bytes", t.bytes.len().to_string()),
+                            ],
+                        );
+                        self.push = Some(Push {
+                            round,
+                            term,
+                            bytes: t.bytes,
+                            offset: 0,
+                            samples: t.samples,
+                            loss: t.loss,
+                            attempts: 0,
+                            span: Some(span),
+                        });
+                        self.send_push_chunk();
+                    }
+                }
+                Output::NewGlobal(commit) => {
+                    if self.coordinator_span.is_some() {
+                        if let Some(mut s) = self.coordinator_span.take() {
+                            s.set_attr("round", commit.round.to_string());
+                            s.set_attr("version", commit.version.to_string());
+                        }
+                    }
+                    self.want_eval = Some((commit.version, commit.digest));
+                    if self.ensure_model(commit.digest, None).is_some() {
+                        self.want_eval = None;
+                        self.start_eval(commit.version, commit.digest);
+                    }
+                }
+                Output::Event(ev) => self.on_event(ev),
+                Output::Persist(_) | Output::Aggregate { .. } | Output::DiscardRound { .. } => {}
+            }
+        }
+        let (term, coordinator) = self.core.term();
+        self.status.term = term;
+        self.status.coordinator = coordinator.map(ToString::to_string);
+        self.status.is_coordinator = self.core.coordinating().is_some();
+        let (version, digest) = self.core.global();
+        self.status.version = version;
+        self.status.digest = digest.map(hex::encode).unwrap_or_default();
+        self.status.eligible = self.core.is_eligible();
+        if *self.status_tx.borrow() != self.status {
+            write_status(&self.cfg.data_dir, &self.status);
+            self.status_tx.send_replace(self.status.clone());
+        }
+        Ok(())
+    }
+
+    fn on_event(&mut self, ev: Event) {
+        match ev {
+            Event::Eligible => {
+                self.status.eligibility = "meets the sample criterion".into();
+                info!("this edge meets the sample criterion");
+            }
+            Event::NotEligible { reason } => {
+                warn!(
+                    "this edge does not meet the sample criterion and will not be selected: {reason}"
+                );
+                self.status.eligibility = format!("not eligible: {reason}");
+            }
+            Event::BecameCoordinator { term } => {
+                info!(term, "became round coordinator");
+                self.status.last_event = format!("coordinator of term {term}");
+            }
+            Event::SteppedDown { term } => info!(term, "stepped down as coordinator"),
+            Event::Campaigning { term } => info!(term, "claiming the coordinator lease"),
+            Event::NotSelected { round, reason } => {
+                info!(round, "not selected: {reason}");
+                self.status.not_selected += 1;
+                self.status.last_event = format!("not selected for round {round}: {reason}");
+            }
+            Event::WaitingForEdges { eligible, needed } => {
+                info!(eligible, needed, "waiting for eligible edges");
+            }
+            Event::RoundOpened(plan) => {
+                self.status.last_event = format!("round {} open", plan.round);
+            }
+            Event::RoundAbandoned { round, reason } => {
+                self.coordinator_span = None;
+                info!(round, "round abandoned: {reason}");
+            }
+            Event::ProposalRejected { reason } => info!("proposal rejected: {reason}"),
+            _ => {}
+        }
+    }
+
+    /// The anchor's peer id (for tests).
+    pub fn anchor(&self) -> PeerId {
+        self.anchor
+    }
+}
+
+/// Parses a peer id (helper for callers holding text).
+pub fn peer_id(s: &str) -> Result<PeerId> {
+    PeerId::from_str(s).with_context(|| format!("invalid peer id {s:?}"))
+}

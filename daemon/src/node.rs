@@ -1,0 +1,188 @@
+//! Starting a node: shared plumbing of both roles (clock, status, start-up), in the style of
+//! mini-redis: `start(config, shutdown)` runs a node in-process, so the demo and tests can
+//! start several in one process, and `main` stays thin.
+
+use crate::config::{NodeConfig, Role};
+use crate::net::Net;
+use anyhow::{Context, Result};
+use libp2p::Multiaddr;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// Milliseconds since the node started: the protocol core's clock.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    start: Instant,
+}
+
+impl Clock {
+    /// A clock starting now.
+    pub fn new() -> Self {
+        Self {
+            start: Instant::now(),
+        }
+    }
+
+    /// Milliseconds since start.
+    pub fn now(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    /// The instant of core time `t`.
+    pub fn instant(&self, t: u64) -> tokio::time::Instant {
+        tokio::time::Instant::from_std(self.start + Duration::from_millis(t))
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// One committed or abandoned round, as the anchor saw it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RoundSummary {
+    /// Round number.
+    pub round: u64,
+    /// Version it committed (None: abandoned).
+    pub version: Option<u64>,
+    /// Participants included in the aggregate.
+    pub included: usize,
+    /// Participants planned.
+    pub participants: usize,
+    /// Updates refused.
+    pub rejected: u32,
+    /// Sample-weighted training loss.
+    pub train_loss: f32,
+    /// RMSE of the new global model on the anchor's held-out set, once evaluated.
+    pub eval_rmse: Option<f64>,
+    /// Wall time from opening to commit.
+    pub duration_ms: u64,
+    /// Update bytes received in the round.
+    pub bytes_in: u64,
+}
+
+/// What a node shows about itself: `status.json` in its data dir, and a watch channel
+/// in-process (used by `fedd demo`, `fedctl status` and the tests).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// Role.
+    pub role: Role,
+    /// libp2p peer id.
+    pub peer_id: String,
+    /// Dialable addresses (with `/p2p/<id>`).
+    pub listen: Vec<String>,
+    /// Federation id.
+    pub federation: String,
+    /// Current term as known here.
+    pub term: u64,
+    /// Current coordinator as known here.
+    pub coordinator: Option<String>,
+    /// Whether this node holds the coordinator lease.
+    pub is_coordinator: bool,
+    /// Latest global version known here.
+    pub version: u64,
+    /// Its digest (hex).
+    pub digest: String,
+    /// Edge: whether the sample criterion is met.
+    pub eligible: bool,
+    /// Edge: the sample criterion verdict in words.
+    pub eligibility: String,
+    /// Edge: run-to-failure recordings.
+    pub failures: u64,
+    /// Edge: training windows.
+    pub windows: u64,
+    /// Edge: rounds this edge trained for.
+    pub rounds_trained: u64,
+    /// Edge: rounds it was not selected for, with the latest reason.
+    pub not_selected: u64,
+    /// Edge: RMSE of the latest global version on its validation machines.
+    pub local_eval_rmse: Option<f64>,
+    /// Anchor: the last rounds (bounded).
+    pub rounds: Vec<RoundSummary>,
+    /// Connected peers.
+    pub peers: usize,
+    /// Latest notable event.
+    pub last_event: String,
+}
+
+/// Most round summaries kept in a status.
+pub const MAX_STATUS_ROUNDS: usize = 1_000;
+
+/// Writes `status` to `dir/status.json` atomically (temp file + rename).
+pub fn write_status(dir: &Path, status: &NodeStatus) {
+    let tmp = dir.join("status.json.tmp");
+    let Ok(json) = serde_json::to_vec_pretty(status) else {
+        return;
+    };
+    if std::fs::write(&tmp, json).is_ok() {
+        let _ = std::fs::rename(&tmp, dir.join("status.json"));
+    }
+}
+
+/// Reads a node's `status.json`.
+pub fn read_status(dir: &Path) -> Result<NodeStatus> {
+    let path = dir.join("status.json");
+    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))
+}
+
+/// A running node.
+pub struct NodeHandle {
+    /// Its status, updated as it changes.
+    pub status: watch::Receiver<NodeStatus>,
+    /// Its peer id.
+    pub peer_id: String,
+    /// Its first listen address, with `/p2p/<id>`.
+    pub addr: Multiaddr,
+    /// The event loop; ends after `shutdown` is cancelled.
+    pub task: tokio::task::JoinHandle<Result<()>>,
+}
+
+/// Starts a node: opens its store, identity and swarm, waits for its listen address, then
+/// runs its event loop as a task until `shutdown` is cancelled.
+pub async fn start(cfg: NodeConfig, shutdown: CancellationToken) -> Result<NodeHandle> {
+    cfg.validate()?;
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
+    let key = crate::net::load_or_create_identity(&cfg.data_dir)?;
+    let peer_id = key.public().to_peer_id();
+    let mut net = Net::new(
+        key,
+        &cfg.protocol.federation,
+        &cfg.listen,
+        &cfg.allow,
+        cfg.mdns,
+    )?;
+    let listen = net.first_listen_addr(Duration::from_secs(10)).await?;
+    let addr = listen.with(libp2p::multiaddr::Protocol::P2p(peer_id));
+    let status = NodeStatus {
+        role: cfg.role,
+        peer_id: peer_id.to_string(),
+        listen: vec![addr.to_string()],
+        federation: cfg.protocol.federation.clone(),
+        ..NodeStatus::default()
+    };
+    write_status(&cfg.data_dir, &status);
+    let (tx, rx) = watch::channel(status);
+    let task = match cfg.role {
+        Role::Anchor => {
+            let node = crate::anchor::AnchorNode::open(cfg, net, tx)?;
+            tokio::spawn(node.run(shutdown))
+        }
+        Role::Edge => {
+            let node = crate::edge::EdgeNode::open(cfg, net, tx)?;
+            tokio::spawn(node.run(shutdown))
+        }
+    };
+    Ok(NodeHandle {
+        status: rx,
+        peer_id: peer_id.to_string(),
+        addr,
+        task,
+    })
+}

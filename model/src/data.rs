@@ -1,0 +1,417 @@
+//! From run-to-failure recordings to training windows.
+//!
+//! A [`Trajectory`] is one machine's sensor rows from its first recorded cycle to the
+//! cycle it failed. [`make_windows`] scales the rows with a [`Scaler`] and cuts every
+//! run of `window` consecutive cycles (stride 1) into a sample whose target is the
+//! piecewise-linear RUL at the window's last cycle, capped at `rul_cap` (the
+//! standard C-MAPSS protocol).
+//!
+//! In a federation the scaler is never fitted on one edge alone: each edge fits its
+//! own ([`Scaler::fit`]) and the extremes are combined with [`Scaler::merge`].
+
+use serde::{Deserialize, Serialize};
+
+/// One machine's run to failure: `rows[cycle][feature]`, the last row is the failure cycle.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Trajectory {
+    /// Machine identifier (unique within one data source).
+    pub machine: u32,
+    /// Sensor readings per operating cycle, oldest first.
+    pub rows: Vec<Vec<f32>>,
+}
+
+impl Trajectory {
+    /// Number of recorded cycles.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Whether nothing was recorded.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+}
+
+/// Per-feature min-max scaling to `[0, 1]` (values outside the fitted range map outside it).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Scaler {
+    /// Per-feature minimum.
+    pub min: Vec<f32>,
+    /// Per-feature maximum.
+    pub max: Vec<f32>,
+}
+
+impl Scaler {
+    /// Fits min and max over every finite value of every row.
+    ///
+    /// The number of features is the longest row's width; a feature with no finite
+    /// value gets `min = max = 0`. `None` if there are no rows.
+    pub fn fit(trajs: &[Trajectory]) -> Option<Scaler> {
+        let features = trajs.iter().flat_map(|t| &t.rows).map(Vec::len).max()?;
+        let mut min = vec![f32::INFINITY; features];
+        let mut max = vec![f32::NEG_INFINITY; features];
+        for row in trajs.iter().flat_map(|t| &t.rows) {
+            for (j, &v) in row.iter().enumerate() {
+                if v.is_finite() {
+                    min[j] = min[j].min(v);
+                    max[j] = max[j].max(v);
+                }
+            }
+        }
+        for (lo, hi) in min.iter_mut().zip(max.iter_mut()) {
+            if lo > hi {
+                *lo = 0.0;
+                *hi = 0.0;
+            }
+        }
+        Some(Scaler { min, max })
+    }
+
+    /// Number of features.
+    pub fn features(&self) -> usize {
+        self.min.len()
+    }
+
+    /// The federated scaler: elementwise min of the minima and max of the maxima.
+    ///
+    /// If the widths differ, the wider scaler's extra features are taken as they are.
+    pub fn merge(&self, other: &Scaler) -> Scaler {
+        fn combine(a: &[f32], b: &[f32], pick: fn(f32, f32) -> f32) -> Vec<f32> {
+            let (long, short) = if a.len() >= b.len() { (a, b) } else { (b, a) };
+            long.iter()
+                .enumerate()
+                .map(|(i, &x)| short.get(i).map_or(x, |&y| pick(x, y)))
+                .collect()
+        }
+        Scaler {
+            min: combine(&self.min, &other.min, f32::min),
+            max: combine(&self.max, &other.max, f32::max),
+        }
+    }
+
+    /// Scales one row to exactly [`features`](Self::features) values.
+    ///
+    /// Missing features and non-finite readings become `0.0`, extra features are
+    /// dropped, and a constant feature (`max == min`) maps to `0.0`.
+    pub fn transform(&self, row: &[f32]) -> Vec<f32> {
+        let mut out = Vec::with_capacity(self.features());
+        self.transform_into(row, &mut out);
+        out
+    }
+
+    /// [`transform`](Self::transform), appending to `out`.
+    pub fn transform_into(&self, row: &[f32], out: &mut Vec<f32>) {
+        for (j, (&lo, &hi)) in self.min.iter().zip(&self.max).enumerate() {
+            let range = hi - lo;
+            let v = match row.get(j) {
+                Some(&x) if x.is_finite() && range > 0.0 && range.is_finite() => (x - lo) / range,
+                _ => 0.0,
+            };
+            out.push(v);
+        }
+    }
+}
+
+/// How trajectories are cut into samples.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WindowConfig {
+    /// Cycles per sample (C-MAPSS FD001 standard: 30).
+    pub window: usize,
+    /// Cap of the piecewise-linear RUL target (standard: 125).
+    pub rul_cap: f32,
+}
+
+impl Default for WindowConfig {
+    fn default() -> Self {
+        Self {
+            window: 30,
+            rul_cap: 125.0,
+        }
+    }
+}
+
+/// Windows ready for a model: `inputs` is `[n, window, features]` row-major.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Dataset {
+    /// Scaled sensor values, `n · window · features` long.
+    pub inputs: Vec<f32>,
+    /// Capped RUL at each window's last cycle, `n` long.
+    pub targets: Vec<f32>,
+    /// Cycles per sample.
+    pub window: usize,
+    /// Features per cycle.
+    pub features: usize,
+}
+
+impl Dataset {
+    /// Number of samples.
+    pub fn len(&self) -> usize {
+        self.targets.len()
+    }
+
+    /// Whether there are no samples.
+    pub fn is_empty(&self) -> bool {
+        self.targets.is_empty()
+    }
+
+    /// Values of one sample, `window · features` long; `None` out of range.
+    pub fn sample(&self, index: usize) -> Option<&[f32]> {
+        let size = self.window * self.features;
+        self.inputs.get(index * size..(index + 1) * size)
+    }
+
+    /// Whether `inputs` has exactly `len · window · features` values.
+    pub fn is_consistent(&self) -> bool {
+        self.window
+            .checked_mul(self.features)
+            .and_then(|s| s.checked_mul(self.targets.len()))
+            == Some(self.inputs.len())
+    }
+
+    /// A data set with the samples at `indices` (out-of-range indices are skipped).
+    pub fn subset(&self, indices: &[usize]) -> Dataset {
+        let mut out = Dataset {
+            window: self.window,
+            features: self.features,
+            ..Dataset::default()
+        };
+        for &i in indices {
+            if let (Some(x), Some(&y)) = (self.sample(i), self.targets.get(i)) {
+                out.inputs.extend_from_slice(x);
+                out.targets.push(y);
+            }
+        }
+        out
+    }
+}
+
+/// Piecewise-linear RUL of the cycle at `index` in a run of `len` cycles: `len - 1 - index`, capped.
+pub fn capped_rul(len: usize, index: usize, cap: f32) -> f32 {
+    (len.saturating_sub(index + 1) as f32).min(cap)
+}
+
+/// Number of windows [`make_windows`] yields: `L - window + 1` per trajectory of length
+/// `L >= window`, none for shorter ones (and none at all for `window == 0`).
+pub fn count_windows(trajs: &[Trajectory], cfg: &WindowConfig) -> u64 {
+    if cfg.window == 0 {
+        return 0;
+    }
+    trajs
+        .iter()
+        .map(|t| (t.rows.len() + 1).saturating_sub(cfg.window) as u64)
+        .sum()
+}
+
+/// Cuts every trajectory into stride-1 windows of scaled rows with capped-RUL targets.
+///
+/// Each row is scaled with [`Scaler::transform`], so the data set has
+/// `scaler.features()` features whatever the rows' widths.
+pub fn make_windows(trajs: &[Trajectory], scaler: &Scaler, cfg: &WindowConfig) -> Dataset {
+    let features = scaler.features();
+    let w = cfg.window;
+    let n = usize::try_from(count_windows(trajs, cfg)).unwrap_or(0);
+    let mut data = Dataset {
+        inputs: Vec::with_capacity(n.saturating_mul(w).saturating_mul(features)),
+        targets: Vec::with_capacity(n),
+        window: w,
+        features,
+    };
+    if w == 0 {
+        return data;
+    }
+    let mut scaled = Vec::new();
+    for traj in trajs {
+        let len = traj.rows.len();
+        if len < w {
+            continue;
+        }
+        scaled.clear();
+        for row in &traj.rows {
+            scaler.transform_into(row, &mut scaled);
+        }
+        for end in (w - 1)..len {
+            let start = end + 1 - w;
+            data.inputs
+                .extend_from_slice(&scaled[start * features..(end + 1) * features]);
+            data.targets.push(capped_rul(len, end, cfg.rul_cap));
+        }
+    }
+    data
+}
+
+/// The last window of each trajectory, for the C-MAPSS test protocol where a
+/// trajectory stops before failure and `rul_at_end[i]` is the true RUL of its last cycle.
+///
+/// Trajectories shorter than the window are skipped; targets are **not** capped
+/// (test metrics use the raw true RUL). Pairs beyond the shorter input are ignored.
+pub fn last_windows(
+    trajs: &[Trajectory],
+    rul_at_end: &[f32],
+    scaler: &Scaler,
+    cfg: &WindowConfig,
+) -> Dataset {
+    let features = scaler.features();
+    let w = cfg.window;
+    let mut data = Dataset {
+        window: w,
+        features,
+        ..Dataset::default()
+    };
+    if w == 0 {
+        return data;
+    }
+    for (traj, &rul) in trajs.iter().zip(rul_at_end) {
+        if traj.rows.len() < w {
+            continue;
+        }
+        for row in &traj.rows[traj.rows.len() - w..] {
+            scaler.transform_into(row, &mut data.inputs);
+        }
+        data.targets.push(rul);
+    }
+    data
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn traj(machine: u32, len: usize) -> Trajectory {
+        Trajectory {
+            machine,
+            rows: (0..len).map(|c| vec![c as f32, 2.0 * c as f32]).collect(),
+        }
+    }
+
+    #[test]
+    fn window_counts() {
+        let cfg = WindowConfig::default();
+        let trajs = vec![traj(0, 50), traj(1, 30), traj(2, 29), traj(3, 200)];
+        assert_eq!(count_windows(&trajs, &cfg), 21 + 1 + 0 + 171);
+        let scaler = Scaler::fit(&trajs).unwrap();
+        let ds = make_windows(&trajs, &scaler, &cfg);
+        assert_eq!(ds.len() as u64, count_windows(&trajs, &cfg));
+        assert!(ds.is_consistent());
+        assert_eq!(ds.inputs.len(), ds.len() * 30 * 2);
+        assert_eq!(
+            count_windows(
+                &trajs,
+                &WindowConfig {
+                    window: 0,
+                    rul_cap: 1.0
+                }
+            ),
+            0
+        );
+        assert_eq!(
+            count_windows(
+                &trajs,
+                &WindowConfig {
+                    window: 1,
+                    rul_cap: 1.0
+                }
+            ),
+            50 + 30 + 29 + 200
+        );
+    }
+
+    #[test]
+    fn rul_targets_are_piecewise_linear_and_capped() {
+        let cfg = WindowConfig {
+            window: 5,
+            rul_cap: 125.0,
+        };
+        let trajs = vec![traj(0, 200)];
+        let ds = make_windows(&trajs, &Scaler::fit(&trajs).unwrap(), &cfg);
+        assert_eq!(ds.len(), 196);
+        // First window ends at cycle 4: RUL 195, capped to 125.
+        assert_eq!(ds.targets[0], 125.0);
+        // The last window ends at the failure cycle.
+        assert_eq!(*ds.targets.last().unwrap(), 0.0);
+        assert_eq!(ds.targets[ds.len() - 2], 1.0);
+        // Cycle 74 (window 70) has RUL 125 exactly, cycle 75 has 124.
+        assert_eq!(ds.targets[70], 125.0);
+        assert_eq!(ds.targets[71], 124.0);
+        // The target belongs to the window's last row: feature 0 is the cycle / 199.
+        let last = ds.sample(ds.len() - 1).unwrap();
+        assert_eq!(last[(5 - 1) * 2], 1.0);
+        assert_eq!(capped_rul(10, 9, 125.0), 0.0);
+        assert_eq!(capped_rul(10, 0, 5.0), 5.0);
+    }
+
+    #[test]
+    fn windows_are_stride_one_slices() {
+        let cfg = WindowConfig {
+            window: 3,
+            rul_cap: 125.0,
+        };
+        let trajs = vec![traj(0, 6)];
+        let scaler = Scaler {
+            min: vec![0.0, 0.0],
+            max: vec![1.0, 1.0],
+        };
+        let ds = make_windows(&trajs, &scaler, &cfg);
+        assert_eq!(ds.targets, vec![3.0, 2.0, 1.0, 0.0]);
+        assert_eq!(ds.sample(1).unwrap(), &[1.0, 2.0, 2.0, 4.0, 3.0, 6.0]);
+        assert_eq!(ds.sample(4), None);
+        let sub = ds.subset(&[3, 0, 99]);
+        assert_eq!(sub.targets, vec![0.0, 3.0]);
+        assert_eq!(sub.sample(1), ds.sample(0));
+    }
+
+    #[test]
+    fn scaler_fit_merge_transform() {
+        let a = vec![Trajectory {
+            machine: 0,
+            rows: vec![vec![1.0, 10.0, 5.0], vec![3.0, 20.0, 5.0]],
+        }];
+        let b = vec![Trajectory {
+            machine: 1,
+            rows: vec![vec![0.0, 15.0, 5.0], vec![2.0, f32::NAN, 5.0]],
+        }];
+        let sa = Scaler::fit(&a).unwrap();
+        assert_eq!(sa.min, vec![1.0, 10.0, 5.0]);
+        assert_eq!(sa.max, vec![3.0, 20.0, 5.0]);
+        let sb = Scaler::fit(&b).unwrap();
+        assert_eq!(sb.max, vec![2.0, 15.0, 5.0]); // NaN ignored
+        let merged = sa.merge(&sb);
+        assert_eq!(merged.min, vec![0.0, 10.0, 5.0]);
+        assert_eq!(merged.max, vec![3.0, 20.0, 5.0]);
+        assert_eq!(merged, sb.merge(&sa));
+        // The merged scaler equals one fitted on the union.
+        let all: Vec<Trajectory> = a.iter().chain(&b).cloned().collect();
+        assert_eq!(merged, Scaler::fit(&all).unwrap());
+        // Constant feature -> 0, NaN -> 0, short row padded, long row truncated.
+        assert_eq!(merged.transform(&[1.5, 15.0, 5.0]), vec![0.5, 0.5, 0.0]);
+        assert_eq!(merged.transform(&[f32::NAN, 20.0]), vec![0.0, 1.0, 0.0]);
+        assert_eq!(merged.transform(&[3.0, 10.0, 5.0, 99.0]).len(), 3);
+        // Out-of-range values are not clipped.
+        assert_eq!(merged.transform(&[6.0, 0.0, 0.0])[0], 2.0);
+        assert_eq!(Scaler::fit(&[]), None);
+        assert_eq!(
+            Scaler::fit(&[Trajectory {
+                machine: 0,
+                rows: vec![]
+            }]),
+            None
+        );
+        let wide = Scaler {
+            min: vec![0.0; 4],
+            max: vec![1.0; 4],
+        };
+        assert_eq!(merged.merge(&wide).features(), 4);
+    }
+
+    #[test]
+    fn last_windows_use_raw_rul() {
+        let cfg = WindowConfig {
+            window: 3,
+            rul_cap: 125.0,
+        };
+        let trajs = vec![traj(0, 10), traj(1, 2), traj(2, 3)];
+        let scaler = Scaler::fit(&trajs).unwrap();
+        let ds = last_windows(&trajs, &[200.0, 5.0, 7.0], &scaler, &cfg);
+        assert_eq!(ds.targets, vec![200.0, 7.0]);
+        assert_eq!(ds.inputs.len(), 2 * 3 * 2);
+    }
+}
