@@ -233,6 +233,8 @@ impl EdgeNode {
             self.net.add_bootstrap(peer, addr);
         }
         let mut kad_tick = tokio::time::interval(Duration::from_secs(30));
+        // The anchor may restart: redial it whenever the connection is gone.
+        let mut anchor_tick = tokio::time::interval(Duration::from_secs(2));
         let result = loop {
             let wake = self.clock.instant(self.core.poll_timeout());
             tokio::select! {
@@ -242,6 +244,7 @@ impl EdgeNode {
                 Some((round, r)) = self.train_rx.recv() => self.on_trained(round, r),
                 Some((version, samples, r)) = self.eval_rx.recv() => self.on_eval(version, samples, r),
                 _ = kad_tick.tick() => self.net.kad_bootstrap(),
+                _ = anchor_tick.tick() => self.net.ensure_connected(self.anchor, &anchor_addr),
             }
             if let Err(e) = self.drain() {
                 break Err(e);

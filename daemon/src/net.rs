@@ -430,6 +430,17 @@ impl Net {
         }
     }
 
+    /// Dials `peer` at `addr` (a multiaddr ending in `/p2p/<id>`) unless connected.
+    pub fn ensure_connected(&mut self, peer: PeerId, addr: &str) {
+        if self.swarm.is_connected(&peer) {
+            return;
+        }
+        if let Ok(addr) = Multiaddr::from_str(addr) {
+            debug!(%peer, "redialing");
+            let _ = self.swarm.dial(addr);
+        }
+    }
+
     /// Starts a Kademlia bootstrap query (a no-op without known peers).
     pub fn kad_bootstrap(&mut self) {
         let _ = self.swarm.behaviour_mut().kademlia.bootstrap();

@@ -297,6 +297,7 @@ impl Strategy {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
     use proptest::prelude::{any, prop, prop_assert, prop_assert_eq, proptest};
@@ -427,14 +428,10 @@ mod tests {
             trimmed_mean(&refs, 0.5),
             Err(AggregateError::InvalidParameter(_))
         ));
-        assert!(matches!(
-            trimmed_mean(&refs[..2], 0.49),
-            Ok(_) // floor(0.98) = 0: nothing trimmed
-        ));
-        assert!(matches!(
-            trimmed_mean(&refs[..4], 0.49), // floor(1.96) = 1 each side of 4: leaves 2
-            Ok(_)
-        ));
+        // floor(0.49 * 2) = 0: nothing trimmed, mean of 1 and 2.
+        assert_eq!(trimmed_mean(&refs[..2], 0.49).unwrap().values()[0], 1.5);
+        // floor(0.49 * 4) = 1 from each side of 1, 2, 3, 4: mean of 2 and 3.
+        assert_eq!(trimmed_mean(&refs[..4], 0.49).unwrap().values()[0], 2.5);
     }
 
     #[test]

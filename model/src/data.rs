@@ -273,6 +273,7 @@ pub fn last_windows(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 
@@ -287,7 +288,8 @@ mod tests {
     fn window_counts() {
         let cfg = WindowConfig::default();
         let trajs = vec![traj(0, 50), traj(1, 30), traj(2, 29), traj(3, 200)];
-        assert_eq!(count_windows(&trajs, &cfg), 21 + 1 + 0 + 171);
+        // 50 - 30 + 1, 30 - 30 + 1, none for 29 < 30, 200 - 30 + 1
+        assert_eq!(count_windows(&trajs, &cfg), 21 + 1 + 171);
         let scaler = Scaler::fit(&trajs).unwrap();
         let ds = make_windows(&trajs, &scaler, &cfg);
         assert_eq!(ds.len() as u64, count_windows(&trajs, &cfg));

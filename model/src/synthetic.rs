@@ -130,6 +130,7 @@ pub fn generate(cfg: &SyntheticConfig) -> Vec<Trajectory> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

@@ -319,6 +319,7 @@ pub fn evaluate(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
     use crate::aggregate::fedavg;
@@ -446,31 +447,50 @@ mod tests {
     fn fedavg_of_two_local_models_evaluates_sensibly() {
         let (trains, test) = datasets(&[10, 11], 6);
         let s = spec(Arch::Cnn);
-        let base = init_params(&s, 5);
-        let before = evaluate(&s, &base, &test).unwrap().rmse;
-        let cfg = TrainConfig {
-            epochs: 3,
-            ..TrainConfig::default()
-        };
+        let mut global = init_params(&s, 5);
+        let before = evaluate(&s, &global, &test).unwrap().rmse;
+        let naive = mean_predictor_rmse(&trains[0], &test);
         let never = AtomicBool::new(false);
-        let a = train_local(&s, &base, &trains[0], &cfg, &never).unwrap();
-        let b = train_local(
-            &s,
-            &base,
-            &trains[1],
-            &TrainConfig { seed: 1, ..cfg },
-            &never,
-        )
-        .unwrap();
-        let global = fedavg(&[(&a.params, a.samples), (&b.params, b.samples)]).unwrap();
-        let ra = evaluate(&s, &a.params, &test).unwrap().rmse;
-        let rb = evaluate(&s, &b.params, &test).unwrap().rmse;
-        let rg = evaluate(&s, &global, &test).unwrap().rmse;
-        eprintln!("fedavg: init {before:.2}, a {ra:.2}, b {rb:.2}, global {rg:.2}");
-        assert!(rg < 0.8 * before, "global {rg} vs init {before}");
-        // Averaging models trained from one base must not be catastrophically worse
-        // than its parts (that would mean the flattening order were wrong).
-        assert!(rg < 1.25 * ra.max(rb), "global {rg} vs {ra}, {rb}");
+        let mut history = Vec::new();
+        for round in 0..4u64 {
+            let cfg = TrainConfig {
+                epochs: 1,
+                seed: round,
+                ..TrainConfig::default()
+            };
+            let a = train_local(&s, &global, &trains[0], &cfg, &never).unwrap();
+            let b = train_local(&s, &global, &trains[1], &cfg, &never).unwrap();
+            let next = fedavg(&[(&a.params, a.samples), (&b.params, b.samples)]).unwrap();
+            let ra = evaluate(&s, &a.params, &test).unwrap().rmse;
+            let rb = evaluate(&s, &b.params, &test).unwrap().rmse;
+            let rg = evaluate(&s, &next, &test).unwrap().rmse;
+            // The average lies between the clients, coordinate by coordinate.
+            for ((g, x), y) in next
+                .values()
+                .iter()
+                .zip(a.params.values())
+                .zip(b.params.values())
+            {
+                assert!(*g >= x.min(*y) - 1e-6 && *g <= x.max(*y) + 1e-6);
+            }
+            // Averaging models trained from one base must not be much worse than its
+            // parts (it would be, were the flattening order inconsistent).
+            assert!(
+                rg < 1.5 * ra.max(rb),
+                "round {round}: global {rg} vs {ra}, {rb}"
+            );
+            history.push(rg);
+            global = next;
+        }
+        eprintln!(
+            "fedavg: init {before:.2}, mean predictor {naive:.2}, global per round {history:.2?}"
+        );
+        let last = *history.last().unwrap();
+        assert!(last < 0.5 * before, "global {last} vs init {before}");
+        assert!(
+            last < 0.7 * naive,
+            "global {last} vs mean predictor {naive}"
+        );
     }
 
     #[test]

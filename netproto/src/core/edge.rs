@@ -411,19 +411,18 @@ impl Edge {
     pub fn handle_message(&mut self, now: Time, from: &NodeId, msg: Message) {
         let from_anchor = *from == self.anchor;
         match msg {
-            Message::Presence(p) => {
+            Message::Presence(p)
                 if *from != self.id
                     && (self.members.len() < self.cfg.max_members
-                        || self.members.contains_key(from))
-                {
-                    self.members.insert(
-                        from.clone(),
-                        Member {
-                            presence: p,
-                            last_seen: now,
-                        },
-                    );
-                }
+                        || self.members.contains_key(from)) =>
+            {
+                self.members.insert(
+                    from.clone(),
+                    Member {
+                        presence: p,
+                        last_seen: now,
+                    },
+                );
             }
             Message::Status(s) if from_anchor => self.learn_status(now, s),
             Message::TermGranted {
@@ -435,12 +434,10 @@ impl Edge {
                 term,
                 coordinator,
                 lease_remaining_ms,
-            } if from_anchor => {
-                if term >= self.term {
-                    self.term = term;
-                    self.coordinator = coordinator;
-                    self.lease_until = now + lease_remaining_ms;
-                }
+            } if from_anchor && term >= self.term => {
+                self.term = term;
+                self.coordinator = coordinator;
+                self.lease_until = now + lease_remaining_ms;
             }
             Message::ProposalRejected { term, reason } if from_anchor => {
                 if let Some(c) = self.coord.as_mut()
