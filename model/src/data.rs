@@ -272,6 +272,46 @@ pub fn last_windows(
     data
 }
 
+/// Splits whole machines into `(train, holdout)`: `holdout` trajectories chosen by
+/// `seed` (all of them if fewer), the rest in their original order. Validation on
+/// held-out machines, never on windows of machines seen in training.
+pub fn split_machines(
+    trajs: &[Trajectory],
+    holdout: usize,
+    seed: u64,
+) -> (Vec<Trajectory>, Vec<Trajectory>) {
+    let mut order: Vec<usize> = (0..trajs.len()).collect();
+    crate::rng::SplitMix64::derive(seed, 0x5e1).shuffle(&mut order);
+    let mut held = vec![false; trajs.len()];
+    for &i in order.iter().take(holdout) {
+        held[i] = true;
+    }
+    let (mut train, mut test) = (Vec::new(), Vec::new());
+    for (t, h) in trajs.iter().zip(held) {
+        if h {
+            test.push(t.clone());
+        } else {
+            train.push(t.clone());
+        }
+    }
+    (train, test)
+}
+
+/// Deals whole machines to `shards` sites (e.g. simulated edges) after a seeded
+/// shuffle; sizes differ by at most one. `shards == 0` yields no shards.
+pub fn shard_machines(trajs: &[Trajectory], shards: usize, seed: u64) -> Vec<Vec<Trajectory>> {
+    let mut out = vec![Vec::new(); shards];
+    if shards == 0 {
+        return out;
+    }
+    let mut order: Vec<usize> = (0..trajs.len()).collect();
+    crate::rng::SplitMix64::derive(seed, 0x54a2d).shuffle(&mut order);
+    for (k, i) in order.into_iter().enumerate() {
+        out[k % shards].push(trajs[i].clone());
+    }
+    out
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
@@ -415,5 +455,30 @@ mod tests {
         let ds = last_windows(&trajs, &[200.0, 5.0, 7.0], &scaler, &cfg);
         assert_eq!(ds.targets, vec![200.0, 7.0]);
         assert_eq!(ds.inputs.len(), 2 * 3 * 2);
+    }
+
+    #[test]
+    fn split_and_shard_keep_machines_whole() {
+        let trajs: Vec<Trajectory> = (0..10).map(|m| traj(m, 5 + m as usize)).collect();
+        let (train, test) = split_machines(&trajs, 3, 1);
+        assert_eq!((train.len(), test.len()), (7, 3));
+        let mut ids: Vec<u32> = train.iter().chain(&test).map(|t| t.machine).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, (0..10).collect::<Vec<_>>());
+        assert_eq!(split_machines(&trajs, 3, 1), (train.clone(), test.clone()));
+        assert_ne!(split_machines(&trajs, 3, 2).1, test);
+        assert_eq!(split_machines(&trajs, 99, 1).1.len(), 10);
+        // Each machine's rows travel with it.
+        assert!(test.iter().all(|t| t.len() == 5 + t.machine as usize));
+
+        let shards = shard_machines(&trajs, 3, 7);
+        assert_eq!(
+            shards.iter().map(Vec::len).collect::<Vec<_>>(),
+            vec![4, 3, 3]
+        );
+        let mut ids: Vec<u32> = shards.iter().flatten().map(|t| t.machine).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, (0..10).collect::<Vec<_>>());
+        assert!(shard_machines(&trajs, 0, 7).is_empty());
     }
 }

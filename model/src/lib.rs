@@ -8,6 +8,7 @@
 //! * [`data`]: run-to-failure [`Trajectory`]s, the federated min-max [`Scaler`],
 //!   and windowing into a [`Dataset`] with capped RUL targets.
 //! * [`synthetic`]: a seeded run-to-failure generator for demos and tests.
+//! * [`cmapss`]: reader for the NASA C-MAPSS turbofan files.
 //! * [`net`]: the burn models (the deep CNN of Li et al. 2018, an LSTM) and the
 //!   conversion between burn modules and [`ParamSet`]s.
 //! * [`train`]: cancellable local training (Adam, optional FedProx), evaluation and
@@ -18,6 +19,7 @@
 //! functions and move the bytes.
 
 pub mod aggregate;
+pub mod cmapss;
 pub mod data;
 pub mod metrics;
 pub mod net;
@@ -32,6 +34,7 @@ pub use aggregate::{
 };
 pub use data::{
     Dataset, Scaler, Trajectory, WindowConfig, count_windows, last_windows, make_windows,
+    shard_machines, split_machines,
 };
 pub use metrics::Metrics;
 pub use net::{Arch, ModelSpec, init_params, try_init_params};

@@ -17,7 +17,7 @@ use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::data::Dataset;
-use crate::metrics::Metrics;
+pub use crate::metrics::Metrics;
 use crate::net::{ModelSpec, RUL_SCALE, RulNet, flatten_model, load_model};
 use crate::params::ParamSet;
 use crate::rng::SplitMix64;
