@@ -544,3 +544,118 @@ mod tests {
         }
     }
 }
+
+/// Elements per block of [`fedavg_blocked`]: the block's accumulator (64 KiB) stays in
+/// the L1/L2 cache while every update streams through it once.
+const FEDAVG_BLOCK: usize = 16 * 1024;
+
+/// FedAvg over updates that are all in memory, cache-blocked: each input byte is read
+/// exactly once and the accumulator never leaves the cache, so it runs at close to the
+/// memory's read bandwidth. Accumulates `f32` products with normalised weights (relative
+/// error about `n_updates × 2⁻²⁴`); the result equals [`fedavg`] within that tolerance.
+pub fn fedavg_blocked(updates: &[(&ParamSet, u64)]) -> Result<ParamSet, AggregateError> {
+    let (first, _) = updates.first().ok_or(AggregateError::Empty)?;
+    let mut total: u64 = 0;
+    for (index, (u, w)) in updates.iter().enumerate() {
+        if !first.same_layout(u) {
+            return Err(AggregateError::LayoutMismatch { index });
+        }
+        total = total
+            .checked_add(*w)
+            .ok_or(AggregateError::WeightOverflow)?;
+    }
+    if total == 0 {
+        return Err(AggregateError::ZeroWeight);
+    }
+    let scale: Vec<f32> = updates
+        .iter()
+        .map(|(_, w)| (*w as f64 / total as f64) as f32)
+        .collect();
+    let n = first.len();
+    let mut out = vec![0f32; n];
+    fold_blocked(updates, &scale, &mut out);
+    // A non-finite input makes its outputs non-finite (weights are >= 0): one check at
+    // the end instead of one per input element; the slow scan only runs on error.
+    if !out.iter().all(|v| v.is_finite()) {
+        let index = updates
+            .iter()
+            .position(|(u, _)| !u.all_finite())
+            .unwrap_or(0);
+        return Err(AggregateError::NonFinite { index });
+    }
+    ParamSet::new(first.specs().to_vec(), out)
+        .map_err(|e| AggregateError::InvalidParameter(format!("internal layout error: {e}")))
+}
+
+/// `out += Σ scale[i] · updates[i]`, block by block (the kernel of [`fedavg_blocked`]).
+/// Every update must have `out.len()` values.
+pub fn fold_blocked(updates: &[(&ParamSet, u64)], scale: &[f32], out: &mut [f32]) {
+    let n = out.len();
+    for (start, out_block) in (0..n)
+        .step_by(FEDAVG_BLOCK)
+        .zip(out.chunks_mut(FEDAVG_BLOCK))
+    {
+        let end = start + out_block.len();
+        // Four updates per pass over the block: a quarter of the accumulator traffic.
+        let mut i = 0;
+        while i + 4 <= updates.len() {
+            let (a, b, c, d) = (
+                &updates[i].0.values()[start..end],
+                &updates[i + 1].0.values()[start..end],
+                &updates[i + 2].0.values()[start..end],
+                &updates[i + 3].0.values()[start..end],
+            );
+            let (ka, kb, kc, kd) = (scale[i], scale[i + 1], scale[i + 2], scale[i + 3]);
+            for ((((o, &va), &vb), &vc), &vd) in out_block.iter_mut().zip(a).zip(b).zip(c).zip(d) {
+                *o += ka * va + kb * vb + kc * vc + kd * vd;
+            }
+            i += 4;
+        }
+        for (u, &k) in updates[i..].iter().zip(&scale[i..]) {
+            for (o, &v) in out_block.iter_mut().zip(&u.0.values()[start..end]) {
+                *o += k * v;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod blocked_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn blocked_equals_fedavg(n in 1usize..100_000, clients in 1usize..5, seed in any::<u32>()) {
+            let specs = vec![TensorSpec::new("w", vec![n])];
+            let sets: Vec<ParamSet> = (0..clients)
+                .map(|c| ParamSet::new(specs.clone(), (0..n).map(|i| ((i as u32 ^ seed).wrapping_mul(c as u32 + 7) % 1000) as f32 * 0.001 - 0.5).collect()).unwrap())
+                .collect();
+            let pairs: Vec<(&ParamSet, u64)> = sets.iter().enumerate().map(|(i, s)| (s, i as u64 + 1)).collect();
+            let a = fedavg_blocked(&pairs).unwrap();
+            let b = fedavg(&pairs).unwrap();
+            for (x, y) in a.values().iter().zip(b.values()) {
+                prop_assert!((x - y).abs() <= 1e-5, "{x} vs {y}");
+            }
+        }
+    }
+
+    #[test]
+    fn blocked_rejects_bad_input() {
+        let specs = vec![TensorSpec::new("w", vec![3])];
+        let a = ParamSet::new(specs.clone(), vec![1.0, 2.0, 3.0]).unwrap();
+        let bad = ParamSet::new(specs, vec![1.0, f32::NAN, 3.0]).unwrap();
+        assert!(matches!(fedavg_blocked(&[]), Err(AggregateError::Empty)));
+        assert!(matches!(
+            fedavg_blocked(&[(&a, 0)]),
+            Err(AggregateError::ZeroWeight)
+        ));
+        assert!(matches!(
+            fedavg_blocked(&[(&a, 1), (&bad, 1)]),
+            Err(AggregateError::NonFinite { index: 1 })
+        ));
+        let avg = fedavg_blocked(&[(&a, 1), (&a, 3)]).unwrap();
+        assert_eq!(avg.values(), &[1.0, 2.0, 3.0]);
+    }
+}

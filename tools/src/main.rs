@@ -1,1 +1,106 @@
-fn main() {}
+//! `fedctl`: gossipfed's operator CLI.
+
+mod bench;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "fedctl", version, about = "gossipfed operator CLI")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show a node's status (reads `status.json` in its data directory).
+    Status {
+        /// The node's data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        which: BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Aggregation throughput (GB/s of input) next to a memory-bandwidth reference.
+    Aggregate {
+        /// Number of client updates.
+        #[arg(long, default_value_t = 10)]
+        clients: usize,
+        /// Parameters per update (float32).
+        #[arg(long, default_value_t = 10_000_000)]
+        params: usize,
+        /// Repetitions (best of).
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+    },
+}
+
+fn status(data_dir: PathBuf, json: bool) -> Result<()> {
+    let s = fedd::node::read_status(&data_dir)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+        return Ok(());
+    }
+    println!("role:         {:?}", s.role);
+    println!("peer id:      {}", s.peer_id);
+    println!("listen:       {}", s.listen.join(" "));
+    println!("federation:   {}", s.federation);
+    println!(
+        "term:         {} (coordinator: {}{})",
+        s.term,
+        s.coordinator.as_deref().unwrap_or("none"),
+        if s.is_coordinator { ", this node" } else { "" }
+    );
+    println!("version:      {} ({})", s.version, s.digest.get(..12).unwrap_or(""));
+    println!("peers:        {}", s.peers);
+    if s.role == fedd::config::Role::Edge {
+        println!("data:         {} run-to-failure machines, {} windows", s.failures, s.windows);
+        println!("eligibility:  {}", s.eligibility);
+        println!("trained:      {} rounds; not selected: {}", s.rounds_trained, s.not_selected);
+        if let Some(r) = s.local_eval_rmse {
+            println!("local RMSE:   {r:.3}");
+        }
+    } else {
+        for r in s.rounds.iter().rev().take(10).rev() {
+            match r.version {
+                Some(v) => println!(
+                    "round {:>4}: version {v} from {}/{} updates, loss {:.4}, rmse {}, {} ms",
+                    r.round,
+                    r.included,
+                    r.participants,
+                    r.train_loss,
+                    r.eval_rmse.map_or("-".into(), |x| format!("{x:.3}")),
+                    r.duration_ms
+                ),
+                None => println!("round {:>4}: abandoned", r.round),
+            }
+        }
+    }
+    println!("last event:   {}", s.last_event);
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Status { data_dir, json } => status(data_dir, json),
+        Command::Bench { which } => match which {
+            BenchCommand::Aggregate {
+                clients,
+                params,
+                reps,
+            } => bench::aggregate(clients, params, reps),
+        },
+    }
+}
