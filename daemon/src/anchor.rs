@@ -7,6 +7,7 @@ use crate::mlflow::{MlflowBridge, MlflowConfig};
 use crate::net::{Net, NetEvent};
 use crate::node::{Clock, MAX_STATUS_ROUNDS, NodeStatus, RoundSummary, write_status};
 use crate::store::{AnchorStore, RoundLogEntry, VersionRecord};
+use crate::workload::WorkloadKind;
 use crate::telemetry::{NodeSpan, NodeTracer};
 use anyhow::{Context, Result, bail};
 use libp2p::PeerId;
@@ -17,17 +18,37 @@ use netproto::wire::{
     DataRequest, DataResponse, Digest, Frame, MAX_CHUNK, Message, NodeId, UpdateHeader, digest_of,
     short_hex,
 };
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
+
+/// How long a stopping anchor keeps waiting for the evaluations of committed versions
+/// that are still under way (its own held-out evaluation, the edges' reports), so the
+/// last round's evaluation metrics reach MLflow before the run is finished.
+const EVAL_DRAIN: Duration = Duration::from_secs(5);
 
 /// An update whose chunks are arriving.
 struct Incoming {
     header: UpdateHeader,
     buf: Vec<u8>,
+}
+
+/// The edges' evaluations of one committed version, gathered until they are logged.
+///
+/// Each version's sample-weighted RMSE is logged once, at the step of the round that
+/// committed it: as soon as `expected` distinct edges have reported, else when the next
+/// round commits or the anchor stops (with whatever arrived). Later reports are ignored,
+/// so MLflow gets exactly one `edge_eval_rmse` per round.
+struct EdgeEvals {
+    round: u64,
+    expected: usize,
+    reporters: BTreeSet<NodeId>,
+    samples: u64,
+    /// Sum of samples × rmse².
+    weighted_sq: f64,
 }
 
 /// The round being collected.
@@ -58,8 +79,10 @@ pub struct AnchorNode {
     holdout: Option<Arc<Vec<model::Trajectory>>>,
     eval_tx: mpsc::Sender<(u64, u64, Result<f64, String>)>,
     eval_rx: mpsc::Receiver<(u64, u64, Result<f64, String>)>,
-    /// Per version: (samples, sum of samples × rmse²) of the edges' evaluations.
-    edge_evals: BTreeMap<u64, (u64, f64)>,
+    /// Per committed version whose edge evaluations are not logged yet.
+    edge_evals: BTreeMap<u64, EdgeEvals>,
+    /// Held-out evaluations running on the blocking pool.
+    evals_in_flight: usize,
     /// Per version: the round that produced it.
     version_round: BTreeMap<u64, u64>,
     mlflow: MlflowBridge,
@@ -85,7 +108,10 @@ impl AnchorNode {
             Some(bytes) => postcard::from_bytes::<AnchorDurable>(&bytes)
                 .context("the anchor's durable state is corrupt")?,
             None => {
-                let genesis = model::try_init_params(&spec, cfg.model.init_seed)?;
+                let genesis = match cfg.model.kind {
+                    WorkloadKind::Rul => model::try_init_params(&spec, cfg.model.init_seed)?,
+                    WorkloadKind::Bench => crate::workload::bench_genesis(cfg.model.bench_params),
+                };
                 let bytes = genesis.to_bytes();
                 let digest = digest_of(&bytes);
                 let durable = AnchorDurable::genesis(digest);
@@ -105,7 +131,7 @@ impl AnchorNode {
             )
         })?;
         let model = ParamSet::from_bytes(&model_bytes).context("stored global model is corrupt")?;
-        if model.specs() != spec.param_specs()?.as_slice() {
+        if cfg.model.kind == WorkloadKind::Rul && model.specs() != spec.param_specs()?.as_slice() {
             bail!("the stored global model does not match the configured model architecture");
         }
         info!(
@@ -116,7 +142,7 @@ impl AnchorNode {
         );
         let me = net.me().clone();
         let core = Anchor::new(cfg.protocol.clone(), me.clone(), durable, clock.now());
-        let holdout = (cfg.holdout.machines > 0).then(|| {
+        let holdout = (cfg.holdout.machines > 0 && cfg.model.kind == WorkloadKind::Rul).then(|| {
             Arc::new(model::generate(&model::SyntheticConfig {
                 machines: cfg.holdout.machines,
                 features: cfg.model.features,
@@ -164,6 +190,7 @@ impl AnchorNode {
             eval_tx,
             eval_rx,
             edge_evals: BTreeMap::new(),
+            evals_in_flight: 0,
             version_round: BTreeMap::new(),
             mlflow,
             mlflow_task,
@@ -229,6 +256,7 @@ impl AnchorNode {
                 break Err(e);
             }
         };
+        self.drain_evaluations().await;
         self.mlflow
             .log_artifact("global_model.bin", self.model_bytes.as_ref().clone());
         self.mlflow
@@ -248,6 +276,77 @@ impl AnchorNode {
 
     fn now(&self) -> u64 {
         self.clock.now()
+    }
+
+    /// After shutdown: waits at most [`EVAL_DRAIN`] for running held-out evaluations and
+    /// for edge reports on committed versions (only `EvalReport` messages are handled;
+    /// no new round starts), then logs what arrived.
+    async fn drain_evaluations(&mut self) {
+        let deadline = tokio::time::Instant::now() + EVAL_DRAIN;
+        while self.evals_in_flight > 0 || !self.edge_evals.is_empty() {
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline) => break,
+                Some((version, round, r)) = self.eval_rx.recv() => self.on_eval(version, round, r),
+                ev = self.net.next() => {
+                    if let NetEvent::Control { from, env } = ev
+                        && matches!(env.message, Message::EvalReport { .. })
+                    {
+                        let now = self.now();
+                        self.core.handle_message(now, &from, env.message);
+                        if let Err(e) = self.drain() {
+                            warn!("while stopping: {e:#}");
+                        }
+                    }
+                }
+            }
+        }
+        if self.evals_in_flight > 0 {
+            warn!(
+                running = self.evals_in_flight,
+                "stopping before the held-out evaluation of the last version finished"
+            );
+        }
+        for (version, evals) in std::mem::take(&mut self.edge_evals) {
+            self.log_edge_evals(version, evals);
+        }
+    }
+
+    /// Logs the sample-weighted RMSE of the edges' evaluations of `version` at the step
+    /// of the round that committed it (nothing if no edge reported).
+    fn log_edge_evals(&mut self, version: u64, evals: EdgeEvals) {
+        if evals.samples == 0 {
+            debug!(
+                version,
+                round = evals.round,
+                "no edge evaluated this version"
+            );
+            return;
+        }
+        let rmse = (evals.weighted_sq / evals.samples as f64).sqrt();
+        info!(
+            version,
+            round = evals.round,
+            edges = evals.reporters.len(),
+            rmse = format!("{rmse:.3}"),
+            "edges' evaluation of the global model"
+        );
+        self.mlflow.log_metrics(
+            evals.round,
+            vec![
+                ("edge_eval_rmse".into(), rmse),
+                ("edge_eval_samples".into(), evals.samples as f64),
+            ],
+        );
+        if let Some(s) = self
+            .status
+            .rounds
+            .iter_mut()
+            .rev()
+            .find(|s| s.version == Some(version))
+        {
+            s.edge_eval_rmse = Some(rmse);
+        }
+        self.publish_status();
     }
 
     fn on_net(&mut self, ev: NetEvent) {
@@ -470,6 +569,7 @@ impl AnchorNode {
         self.status.coordinator = d.coordinator.as_ref().map(ToString::to_string);
         self.status.version = d.version;
         self.status.digest = hex::encode(d.digest);
+        self.status.bytes_out = self.net.bytes_out;
         self.publish_status();
         Ok(())
     }
@@ -555,17 +655,19 @@ impl AnchorNode {
             rejected,
             train_loss: f32::NAN,
             eval_rmse: None,
+            edge_eval_rmse: None,
             duration_ms,
             bytes_in: open.bytes_in,
+            committed_at_ms: now,
         });
         if self.status.rounds.len() > MAX_STATUS_ROUNDS {
             self.status.rounds.remove(0);
         }
-        self.spawn_eval(version, round);
+        self.spawn_eval(version, round, open.trace.as_deref());
         Ok(())
     }
 
-    fn spawn_eval(&self, version: u64, round: u64) {
+    fn spawn_eval(&mut self, version: u64, round: u64, trace: Option<&str>) {
         let (Some(holdout), Some(scaler)) =
             (self.holdout.clone(), self.core.durable().scaler.clone())
         else {
@@ -574,6 +676,16 @@ impl AnchorNode {
         let spec = self.spec.clone();
         let params = self.model.clone();
         let tx = self.eval_tx.clone();
+        let span = self.tracer.start_span(
+            "anchor.evaluate",
+            trace,
+            vec![
+                ("round", round.to_string()),
+                ("version", version.to_string()),
+                ("machines", holdout.len().to_string()),
+            ],
+        );
+        self.evals_in_flight += 1;
         tokio::task::spawn_blocking(move || {
             let scaler = model::Scaler {
                 min: scaler.min,
@@ -590,11 +702,13 @@ impl AnchorNode {
             let r = model::evaluate(&spec, &params, &data)
                 .map(|m| m.rmse)
                 .map_err(|e| e.to_string());
+            drop(span);
             let _ = tx.blocking_send((version, round, r));
         });
     }
 
     fn on_eval(&mut self, version: u64, round: u64, r: Result<f64, String>) {
+        self.evals_in_flight = self.evals_in_flight.saturating_sub(1);
         match r {
             Ok(rmse) => {
                 info!(
@@ -666,7 +780,7 @@ impl AnchorNode {
                     s.train_loss = c.train_loss;
                 }
                 let last = self.status.rounds.last().cloned().unwrap_or_default();
-                let mut metrics = vec![
+                let metrics = vec![
                     ("train_loss".into(), f64::from(c.train_loss)),
                     ("participants".into(), c.included.len() as f64),
                     ("rejected_updates".into(), f64::from(rejected)),
@@ -675,13 +789,25 @@ impl AnchorNode {
                     ("bytes_out_total".into(), self.net.bytes_out as f64),
                     ("samples".into(), c.samples as f64),
                 ];
-                // The edges' evaluations of the previous version, sample-weighted.
-                if let Some((n, sq)) = self.edge_evals.remove(&(c.version - 1))
-                    && n > 0
-                {
-                    metrics.push(("edge_eval_rmse".into(), (sq / n as f64).sqrt()));
-                }
                 self.mlflow.log_metrics(c.round, metrics);
+                // Edge evaluations of older versions that are still incomplete are logged
+                // now with what arrived; this version's wait for the edges' reports.
+                let older: Vec<u64> = self.edge_evals.range(..c.version).map(|(v, _)| *v).collect();
+                for v in older {
+                    if let Some(evals) = self.edge_evals.remove(&v) {
+                        self.log_edge_evals(v, evals);
+                    }
+                }
+                self.edge_evals.insert(
+                    c.version,
+                    EdgeEvals {
+                        round: c.round,
+                        expected: last.participants.max(c.included.len()).max(1),
+                        reporters: BTreeSet::new(),
+                        samples: 0,
+                        weighted_sq: 0.0,
+                    },
+                );
                 self.status.last_event =
                     format!("round {} committed version {}", c.round, c.version);
                 if let Some(o) = self.open.as_mut() {
@@ -737,16 +863,23 @@ impl AnchorNode {
                 info!(term, %coordinator, "coordinator lease granted");
             }
             Event::EvalReported {
+                from,
                 version,
                 samples,
                 rmse,
-                ..
             } => {
-                let e = self.edge_evals.entry(*version).or_insert((0, 0.0));
-                e.0 += samples;
-                e.1 += *samples as f64 * rmse * rmse;
-                while self.edge_evals.len() > 64 {
-                    self.edge_evals.pop_first();
+                let Some(e) = self.edge_evals.get_mut(version) else {
+                    debug!(%from, version, "evaluation report for a version already logged or unknown; ignored");
+                    return Ok(());
+                };
+                if e.reporters.insert(from.clone()) {
+                    e.samples += samples;
+                    e.weighted_sq += *samples as f64 * rmse * rmse;
+                }
+                if e.reporters.len() >= e.expected
+                    && let Some(evals) = self.edge_evals.remove(version)
+                {
+                    self.log_edge_evals(*version, evals);
                 }
             }
             Event::ProposalRejected { reason } => info!("proposal rejected: {reason}"),

@@ -22,6 +22,11 @@ pub enum Role {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ModelSection {
+    /// What the federation trains: `rul` (the model below) or `bench` (a synthetic
+    /// parameter vector and a no-op trainer, for `fedctl bench rounds`).
+    pub kind: crate::workload::WorkloadKind,
+    /// Parameters of the `bench` model.
+    pub bench_params: usize,
     /// Architecture: `cnn` or `lstm`.
     pub arch: model::Arch,
     /// Cycles per input window.
@@ -37,6 +42,8 @@ pub struct ModelSection {
 impl Default for ModelSection {
     fn default() -> Self {
         Self {
+            kind: crate::workload::WorkloadKind::Rul,
+            bench_params: 1_000_000,
             arch: model::Arch::Cnn,
             window: 30,
             features: 14,

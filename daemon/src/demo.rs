@@ -98,7 +98,10 @@ pub async fn run_demo(opts: DemoOptions) -> Result<DemoSummary> {
             tmp.path().to_owned()
         }
     };
-    let shutdown = CancellationToken::new();
+    // The anchor stops first and the edges after it: a stopping anchor waits a few
+    // seconds for the edges' evaluations of the last version, so they reach MLflow.
+    let anchor_shutdown = CancellationToken::new();
+    let edges_shutdown = CancellationToken::new();
     let protocol = demo_protocol(opts.rounds, opts.edges);
     let anchor_cfg = NodeConfig {
         role: Role::Anchor,
@@ -114,7 +117,7 @@ pub async fn run_demo(opts: DemoOptions) -> Result<DemoSummary> {
         },
         ..NodeConfig::default()
     };
-    let anchor = start(anchor_cfg, shutdown.clone()).await?;
+    let anchor = start(anchor_cfg, anchor_shutdown.clone()).await?;
     println!(
         "anchor {} listening on {}",
         short(&anchor.peer_id),
@@ -137,7 +140,14 @@ pub async fn run_demo(opts: DemoOptions) -> Result<DemoSummary> {
             },
             ..NodeConfig::default()
         };
-        let edge = start(cfg, shutdown.clone()).await?;
+        let edge = match start(cfg, edges_shutdown.clone()).await {
+            Ok(e) => e,
+            Err(e) => {
+                anchor_shutdown.cancel();
+                edges_shutdown.cancel();
+                return Err(e);
+            }
+        };
         let st = edge.status.borrow().clone();
         println!(
             "edge {i} {} with {} run-to-failure machines, {} windows",
@@ -152,18 +162,13 @@ pub async fn run_demo(opts: DemoOptions) -> Result<DemoSummary> {
         watch_rounds(anchor.status.clone(), opts.rounds),
     )
     .await;
-    shutdown.cancel();
+    anchor_shutdown.cancel();
     let mut errors = vec![];
-    for h in std::iter::once(anchor).chain(edges) {
-        match tokio::time::timeout(Duration::from_secs(30), h.task).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(e))) => errors.push(format!("node {}: {e:#}", short(&h.peer_id))),
-            Ok(Err(e)) => errors.push(format!("node {}: {e}", short(&h.peer_id))),
-            Err(_) => errors.push(format!(
-                "node {} did not stop within 30 s",
-                short(&h.peer_id)
-            )),
-        }
+    stop_node(anchor, &mut errors).await;
+    // Only once the anchor has stopped (it waits for the edges' last evaluations).
+    edges_shutdown.cancel();
+    for h in edges {
+        stop_node(h, &mut errors).await;
     }
     let (first, last, version) =
         result.context("the demo did not finish within its deadline")??;
@@ -177,6 +182,19 @@ pub async fn run_demo(opts: DemoOptions) -> Result<DemoSummary> {
         rmse_last: last,
         global_version: version,
     })
+}
+
+/// Waits (at most 30 s) for a cancelled node to stop, recording what went wrong.
+async fn stop_node(h: NodeHandle, errors: &mut Vec<String>) {
+    match tokio::time::timeout(Duration::from_secs(30), h.task).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => errors.push(format!("node {}: {e:#}", short(&h.peer_id))),
+        Ok(Err(e)) => errors.push(format!("node {}: {e}", short(&h.peer_id))),
+        Err(_) => errors.push(format!(
+            "node {} did not stop within 30 s",
+            short(&h.peer_id)
+        )),
+    }
 }
 
 fn short(peer: &str) -> &str {

@@ -6,6 +6,7 @@ use crate::config::NodeConfig;
 use crate::net::{Net, NetEvent};
 use crate::node::{Clock, NodeStatus, write_status};
 use crate::store::EdgeStore;
+use crate::workload::WorkloadKind;
 use crate::telemetry::{NodeSpan, NodeTracer};
 use anyhow::{Context, Result};
 use libp2p::PeerId;
@@ -82,8 +83,9 @@ pub struct EdgeNode {
     pending: HashMap<OutboundRequestId, Pending>,
     /// The round whose base model is being fetched.
     waiting_for_base: Option<RoundPlan>,
-    /// The global version to evaluate once its model is here.
-    want_eval: Option<(u64, Digest)>,
+    /// The global version to evaluate once its model is here, with the trace context of
+    /// the round that committed it.
+    want_eval: Option<(u64, Digest, Option<String>)>,
     training: Option<(u64, Arc<AtomicBool>, Option<NodeSpan>)>,
     trained: Option<Trained>,
     push: Option<Push>,
@@ -157,9 +159,16 @@ impl EdgeNode {
             window: spec.window,
             ..model::WindowConfig::default()
         };
-        let samples = SampleCounts {
-            failures,
-            windows: model::count_windows(&train, &wcfg),
+        let samples = match cfg.model.kind {
+            WorkloadKind::Rul => SampleCounts {
+                failures,
+                windows: model::count_windows(&train, &wcfg),
+            },
+            // The bench trainer needs no data; its edges always meet the criterion.
+            WorkloadKind::Bench => SampleCounts {
+                failures: u64::from(u32::MAX),
+                windows: u64::from(u32::MAX),
+            },
         };
         let (_, anchor_addr) =
             crate::net::parse_peer_addr(cfg.anchor.as_deref().unwrap_or_default())?;
@@ -268,6 +277,12 @@ impl EdgeNode {
                 if let Message::RoundOpened(plan) = &env.message
                     && let Some(t) = &env.trace
                 {
+                    if let Some(span) = self.coordinator_span.as_mut()
+                        && span.traceparent() == *t
+                    {
+                        span.set_attr("round", plan.round.to_string());
+                        span.set_attr("participants", plan.participants.len().to_string());
+                    }
                     self.round_trace = Some((plan.round, t.clone()));
                 }
                 let now = self.now();
@@ -459,7 +474,7 @@ impl EdgeNode {
             let now = self.now();
             self.core.handle_training_done(now, plan.round, false);
         }
-        if self.want_eval.is_some_and(|(_, d)| d == digest) {
+        if self.want_eval.as_ref().is_some_and(|(_, d, _)| *d == digest) {
             self.want_eval = None;
         }
     }
@@ -468,11 +483,8 @@ impl EdgeNode {
         if let Some(plan) = self.waiting_for_base.take_if(|p| p.base_digest == digest) {
             self.start_training(plan);
         }
-        if let Some((version, d)) = self.want_eval
-            && d == digest
-        {
-            self.want_eval = None;
-            self.start_eval(version, digest);
+        if let Some((version, _, parent)) = self.want_eval.take_if(|(_, d, _)| *d == digest) {
+            self.start_eval(version, digest, parent.as_deref());
         }
     }
 
@@ -503,6 +515,15 @@ impl EdgeNode {
             self.waiting_for_base = Some(plan);
             return;
         };
+        if self.cfg.model.kind == WorkloadKind::Bench {
+            let (tx, round, seed) = (self.train_tx.clone(), plan.round, self.cfg.seed);
+            self.training = Some((round, Arc::new(AtomicBool::new(false)), None));
+            tokio::task::spawn_blocking(move || {
+                let out = crate::workload::bench_train(&base, seed);
+                let _ = tx.blocking_send((round, Ok(out)));
+            });
+            return;
+        }
         let Some(scaler) = plan.scaler.clone() else {
             warn!(round = plan.round, "round plan has no scaler; not training");
             let now = self.now();
@@ -640,7 +661,7 @@ impl EdgeNode {
         }
     }
 
-    fn start_eval(&mut self, version: u64, digest: Digest) {
+    fn start_eval(&mut self, version: u64, digest: Digest, parent: Option<&str>) {
         let Some(scaler) = self.datasets.as_ref().map(|(s, _, _)| s.clone()) else {
             return;
         };
@@ -656,10 +677,19 @@ impl EdgeNode {
         };
         let spec = self.spec.clone();
         let tx = self.eval_tx.clone();
+        let span = self.tracer.start_span(
+            "edge.evaluate",
+            parent,
+            vec![
+                ("version", version.to_string()),
+                ("windows", val.len().to_string()),
+            ],
+        );
         tokio::task::spawn_blocking(move || {
             let r = model::evaluate(&spec, &params, &val)
                 .map(|m| m.rmse)
                 .map_err(|e| e.to_string());
+            drop(span);
             let _ = tx.blocking_send((version, val.len() as u64, r));
         });
     }
@@ -752,10 +782,13 @@ impl EdgeNode {
                             s.set_attr("version", commit.version.to_string());
                         }
                     }
-                    self.want_eval = Some((commit.version, commit.digest));
-                    if self.ensure_model(commit.digest, None).is_some() {
+                    // Fetching and evaluating the new version belong to the trace of the
+                    // round that produced it.
+                    let parent = self.round_parent(commit.round);
+                    self.want_eval = Some((commit.version, commit.digest, parent.clone()));
+                    if self.ensure_model(commit.digest, parent.as_deref()).is_some() {
                         self.want_eval = None;
-                        self.start_eval(commit.version, commit.digest);
+                        self.start_eval(commit.version, commit.digest, parent.as_deref());
                     }
                 }
                 Output::Event(ev) => self.on_event(ev),

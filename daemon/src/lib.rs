@@ -16,3 +16,4 @@ pub mod net;
 pub mod node;
 pub mod store;
 pub mod telemetry;
+pub mod workload;

@@ -60,10 +60,17 @@ pub struct RoundSummary {
     pub train_loss: f32,
     /// RMSE of the new global model on the anchor's held-out set, once evaluated.
     pub eval_rmse: Option<f64>,
+    /// Sample-weighted RMSE of the new global model on the edges' validation machines,
+    /// once the edges have reported.
+    #[serde(default)]
+    pub edge_eval_rmse: Option<f64>,
     /// Wall time from opening to commit.
     pub duration_ms: u64,
     /// Update bytes received in the round.
     pub bytes_in: u64,
+    /// When the round committed, in milliseconds since the anchor started.
+    #[serde(default)]
+    pub committed_at_ms: u64,
 }
 
 /// What a node shows about itself: `status.json` in its data dir, and a watch channel
@@ -108,6 +115,9 @@ pub struct NodeStatus {
     pub peers: usize,
     /// Latest notable event.
     pub last_event: String,
+    /// Model bytes this node sent on the data plane (served models, pushed updates).
+    #[serde(default)]
+    pub bytes_out: u64,
 }
 
 /// Most round summaries kept in a status.

@@ -52,6 +52,17 @@ pub enum CmapssError {
         /// What is wrong.
         reason: String,
     },
+    /// A line of a named file is malformed (what [`load_trajectories`] and
+    /// [`load_rul`] report: the file, the 1-based line, what is wrong).
+    #[error("{path}:{line}: {reason}")]
+    FileParse {
+        /// The file.
+        path: String,
+        /// 1-based line number (0 when the problem spans lines, e.g. a repeated cycle).
+        line: usize,
+        /// What is wrong.
+        reason: String,
+    },
     /// A requested sensor number is not in `1..=21`.
     #[error("sensor {0} does not exist (sensors are numbered 1 to 21)")]
     BadSensor(usize),
@@ -186,14 +197,27 @@ fn read_bounded(path: &Path) -> Result<String, CmapssError> {
     Ok(text)
 }
 
-/// Reads and parses a data file (see [`parse_trajectories`]).
-pub fn load_trajectories(path: &Path, sensors: &[usize]) -> Result<Vec<Trajectory>, CmapssError> {
-    parse_trajectories(&read_bounded(path)?, sensors)
+/// Names the file in a parse error.
+fn in_file(path: &Path) -> impl Fn(CmapssError) -> CmapssError + '_ {
+    move |e| match e {
+        CmapssError::Parse { line, reason } => CmapssError::FileParse {
+            path: path.display().to_string(),
+            line,
+            reason,
+        },
+        other => other,
+    }
 }
 
-/// Reads and parses an RUL file (see [`parse_rul`]).
+/// Reads and parses a data file (see [`parse_trajectories`]); parse errors name the
+/// file and line ([`CmapssError::FileParse`]).
+pub fn load_trajectories(path: &Path, sensors: &[usize]) -> Result<Vec<Trajectory>, CmapssError> {
+    parse_trajectories(&read_bounded(path)?, sensors).map_err(in_file(path))
+}
+
+/// Reads and parses an RUL file (see [`parse_rul`]); parse errors name the file and line.
 pub fn load_rul(path: &Path) -> Result<Vec<f32>, CmapssError> {
-    parse_rul(&read_bounded(path)?)
+    parse_rul(&read_bounded(path)?).map_err(in_file(path))
 }
 
 #[cfg(test)]
@@ -281,6 +305,27 @@ mod tests {
     }
 
     #[test]
+    fn file_errors_name_the_file_and_line() {
+        let dir = std::env::temp_dir().join(format!("gf-cmapss-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("bad_train.txt");
+        let text = format!("{}\n{}\n1 3 0.1 x\n", row(1, 1, 0.0), row(1, 2, 0.0));
+        std::fs::write(&path, text).unwrap();
+        let err = load_trajectories(&path, &INFORMATIVE_SENSORS).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.starts_with(&format!("{}:3: ", path.display())), "{msg}");
+        assert!(msg.contains("expected 26 columns, found 4"), "{msg}");
+        let rul = dir.join("RUL_bad.txt");
+        std::fs::write(&rul, "12\n\nabc\n").unwrap();
+        let msg = load_rul(&rul).unwrap_err().to_string();
+        assert!(msg.starts_with(&format!("{}:3: ", rul.display())), "{msg}");
+        let missing = dir.join("missing.txt");
+        let msg = load_trajectories(&missing, &[2]).unwrap_err().to_string();
+        assert!(msg.contains("missing.txt"), "{msg}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn rul_file() {
         assert_eq!(
             parse_rul("112\n98 \n\n69\n").unwrap(),
@@ -305,17 +350,21 @@ mod tests {
         });
     }
 
-    /// The real FD001 files, when the shared data directory is present.
+    /// A real FD001 file from `GOSSIPFED_CMAPSS_DIR` or the shared data directory
+    /// (`../shared/data/cmapss` from the workspace root); a missing file fails the test.
     fn fd001(name: &str) -> Option<std::path::PathBuf> {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../shared/data/cmapss")
-            .join(name);
-        if path.exists() {
-            Some(path)
-        } else {
-            eprintln!("skipping: {} not found", path.display());
-            None
-        }
+        let dir = std::env::var_os("GOSSIPFED_CMAPSS_DIR").map_or_else(
+            || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/cmapss"),
+            std::path::PathBuf::from,
+        );
+        let path = dir.join(name);
+        assert!(
+            path.exists(),
+            "C-MAPSS file {} not found: put the NASA FD001 files in ../shared/data/cmapss \
+             (relative to the workspace root) or set GOSSIPFED_CMAPSS_DIR",
+            path.display()
+        );
+        Some(path)
     }
 
     #[test]

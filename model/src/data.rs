@@ -272,6 +272,47 @@ pub fn last_windows(
     data
 }
 
+/// The last `window` cycles of every trajectory, one sample per trajectory in order,
+/// for inference on C-MAPSS test files (`targets[i]` is stored as sample `i`'s
+/// target: the true RUL when known, anything, e.g. `0`, when not).
+///
+/// Unlike [`last_windows`] no trajectory is skipped: one shorter than the window is
+/// **padded at the front by repeating its first row** (the engine is taken to have
+/// run at its first recorded state before recording began), so every engine gets a
+/// prediction. An empty trajectory yields an all-zero (scaled) window. Extra
+/// targets or trajectories beyond the shorter input are ignored.
+pub fn final_windows_padded(
+    trajs: &[Trajectory],
+    targets: &[f32],
+    scaler: &Scaler,
+    cfg: &WindowConfig,
+) -> Dataset {
+    let features = scaler.features();
+    let w = cfg.window;
+    let mut data = Dataset {
+        window: w,
+        features,
+        ..Dataset::default()
+    };
+    if w == 0 {
+        return data;
+    }
+    for (traj, &target) in trajs.iter().zip(targets) {
+        let len = traj.rows.len();
+        for i in 0..w {
+            // Position in the trajectory of the window's i-th row; the padding
+            // positions before the first row repeat row 0.
+            let pos = (len + i).saturating_sub(w);
+            match traj.rows.get(pos) {
+                Some(row) => scaler.transform_into(row, &mut data.inputs),
+                None => scaler.transform_into(&[], &mut data.inputs),
+            }
+        }
+        data.targets.push(target);
+    }
+    data
+}
+
 /// Splits whole machines into `(train, holdout)`: `holdout` trajectories chosen by
 /// `seed` (all of them if fewer), the rest in their original order. Validation on
 /// held-out machines, never on windows of machines seen in training.
@@ -455,6 +496,40 @@ mod tests {
         let ds = last_windows(&trajs, &[200.0, 5.0, 7.0], &scaler, &cfg);
         assert_eq!(ds.targets, vec![200.0, 7.0]);
         assert_eq!(ds.inputs.len(), 2 * 3 * 2);
+    }
+
+    #[test]
+    fn final_windows_pad_short_engines_with_their_first_row() {
+        let cfg = WindowConfig {
+            window: 4,
+            rul_cap: 125.0,
+        };
+        let trajs = vec![traj(1, 6), traj(2, 2), traj(3, 4)];
+        let scaler = Scaler {
+            min: vec![0.0, 0.0],
+            max: vec![10.0, 10.0],
+        };
+        let ds = final_windows_padded(&trajs, &[7.0, 8.0, 9.0], &scaler, &cfg);
+        assert_eq!(ds.len(), 3);
+        assert!(ds.is_consistent());
+        assert_eq!(ds.targets, vec![7.0, 8.0, 9.0]);
+        let firsts =
+            |i: usize| -> Vec<f32> { ds.sample(i).unwrap().iter().step_by(2).copied().collect() };
+        // The last four cycles (2..=5), scaled by 1/10.
+        assert_eq!(firsts(0), vec![0.2, 0.3, 0.4, 0.5]);
+        // Two cycles padded at the front with cycle 0.
+        assert_eq!(firsts(1), vec![0.0, 0.0, 0.0, 0.1]);
+        // Exactly one window long: no padding; same as last_windows.
+        assert_eq!(firsts(2), vec![0.0, 0.1, 0.2, 0.3]);
+        let plain = last_windows(&trajs[2..], &[9.0], &scaler, &cfg);
+        assert_eq!(plain.sample(0), ds.sample(2));
+        // An empty engine still yields one (all-zero) window.
+        let empty = Trajectory {
+            machine: 9,
+            rows: vec![],
+        };
+        let ds = final_windows_padded(&[empty], &[0.0], &scaler, &cfg);
+        assert_eq!(ds.inputs, vec![0.0; 8]);
     }
 
     #[test]

@@ -14,6 +14,11 @@
 //! * [`train`]: cancellable local training (Adam, optional FedProx), evaluation and
 //!   prediction on burn's flex CPU backend.
 //! * [`metrics`]: RMSE, MAE, PHM08 score.
+//! * [`fedsim`]: in-process federated simulation (client splits, FedAvg/FedProx,
+//!   federated scaler) and centralized training, with early stopping on held-out
+//!   engines.
+//! * [`modelfile`]: a self-contained model file (architecture, window, sensors,
+//!   scaler, weights) for `fedctl predict`.
 //!
 //! Nothing here does I/O or depends on the protocol: the daemon and simnet call these
 //! functions and move the bytes.
@@ -21,7 +26,9 @@
 pub mod aggregate;
 pub mod cmapss;
 pub mod data;
+pub mod fedsim;
 pub mod metrics;
+pub mod modelfile;
 pub mod net;
 pub mod params;
 mod rng;
@@ -33,11 +40,14 @@ pub use aggregate::{
     trimmed_mean, validate_update,
 };
 pub use data::{
-    Dataset, Scaler, Trajectory, WindowConfig, count_windows, last_windows, make_windows,
-    shard_machines, split_machines,
+    Dataset, Scaler, Trajectory, WindowConfig, count_windows, final_windows_padded, last_windows,
+    make_windows, shard_machines, split_machines,
 };
 pub use metrics::Metrics;
 pub use net::{Arch, ModelSpec, init_params, try_init_params};
 pub use params::{ParamError, ParamSet, TensorSpec};
 pub use synthetic::{SyntheticConfig, generate};
-pub use train::{TrainConfig, TrainError, TrainOutcome, evaluate, predict, train_local};
+pub use train::{
+    EpochControl, EpochEnd, TrainConfig, TrainError, TrainOutcome, evaluate, predict, train_local,
+    train_with_hook,
+};

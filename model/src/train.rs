@@ -180,6 +180,53 @@ pub fn train_local(
     cfg: &TrainConfig,
     cancel: &AtomicBool,
 ) -> Result<TrainOutcome, TrainError> {
+    train_inner(spec, base, data, cfg, cancel, None)
+}
+
+/// What the hook of [`train_with_hook`] decides at the end of an epoch.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum EpochControl {
+    /// Go on with the current learning rate.
+    Continue,
+    /// Go on with this learning rate from the next epoch (a schedule).
+    SetLr(f64),
+    /// Stop now; the outcome holds the parameters of the epoch just finished.
+    Stop,
+}
+
+/// The state [`train_with_hook`] shows its hook after each epoch.
+#[derive(Debug)]
+pub struct EpochEnd<'a> {
+    /// 1-based epoch number.
+    pub epoch: usize,
+    /// Mean training MSE of this epoch on `RUL / RUL_SCALE` (without the proximal term).
+    pub loss: f32,
+    /// The parameters after this epoch.
+    pub params: &'a ParamSet,
+}
+
+/// [`train_local`] for centralized training: one optimizer state across all epochs,
+/// and a hook after each epoch that sees the parameters (e.g. to validate them and
+/// keep the best) and may change the learning rate or stop early.
+pub fn train_with_hook(
+    spec: &ModelSpec,
+    base: &ParamSet,
+    data: &Dataset,
+    cfg: &TrainConfig,
+    cancel: &AtomicBool,
+    hook: &mut dyn FnMut(EpochEnd<'_>) -> EpochControl,
+) -> Result<TrainOutcome, TrainError> {
+    train_inner(spec, base, data, cfg, cancel, Some(hook))
+}
+
+fn train_inner(
+    spec: &ModelSpec,
+    base: &ParamSet,
+    data: &Dataset,
+    cfg: &TrainConfig,
+    cancel: &AtomicBool,
+    mut hook: Option<&mut dyn FnMut(EpochEnd<'_>) -> EpochControl>,
+) -> Result<TrainOutcome, TrainError> {
     cfg.validate()?;
     check_data(spec, data)?;
     let device = Device::flex().autodiff();
@@ -207,7 +254,8 @@ pub fn train_local(
     let mut xs = Vec::with_capacity(cfg.batch_size.min(n) * sample_len);
     let mut ys = Vec::with_capacity(cfg.batch_size.min(n));
     let mut last_epoch_loss = 0.0f64;
-    for _epoch in 0..cfg.epochs {
+    let mut lr = cfg.lr;
+    for epoch in 1..=cfg.epochs {
         rng.shuffle(&mut order);
         let mut loss_sum = 0.0f64;
         for batch in order.chunks(cfg.batch_size) {
@@ -249,9 +297,36 @@ pub fn train_local(
                 None => mse,
             };
             let grads = GradientsParams::from_grads(loss.backward(), &model);
-            model = optim.step(cfg.lr, model, grads);
+            model = optim.step(lr, model, grads);
         }
         last_epoch_loss = loss_sum / n as f64;
+        if let Some(hook) = hook.as_mut() {
+            let params = flatten_model(&model, base.specs())?;
+            if !params.all_finite() {
+                return Err(TrainError::Diverged);
+            }
+            let end = EpochEnd {
+                epoch,
+                loss: last_epoch_loss as f32,
+                params: &params,
+            };
+            match hook(end) {
+                EpochControl::Continue => {}
+                EpochControl::SetLr(next) if next.is_finite() && next > 0.0 => lr = next,
+                EpochControl::SetLr(_) => {
+                    return Err(TrainError::InvalidConfig(
+                        "a learning-rate schedule must stay positive".into(),
+                    ));
+                }
+                EpochControl::Stop => {
+                    return Ok(TrainOutcome {
+                        params,
+                        samples: n as u64,
+                        loss: last_epoch_loss as f32,
+                    });
+                }
+            }
+        }
     }
     let params = flatten_model(&model, base.specs())?;
     if !params.all_finite() {
@@ -265,6 +340,9 @@ pub fn train_local(
 }
 
 /// Predicted RUL (in cycles) for every window of `data`, in order.
+///
+/// These are the model's raw outputs, not clipped: an untrained model can predict
+/// negative or very large values.
 pub fn predict(
     spec: &ModelSpec,
     params: &ParamSet,

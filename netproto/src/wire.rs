@@ -16,7 +16,7 @@ pub const PROTOCOL_VERSION: u16 = 1;
 /// Upper bound of an encoded control envelope (gossipsub's default message limit).
 pub const MAX_CONTROL_MESSAGE: usize = 64 * 1024;
 /// Upper bound of the raw payload of one data-plane chunk.
-pub const MAX_CHUNK: usize = 1024 * 1024;
+pub const MAX_CHUNK: usize = 4 * 1024 * 1024;
 /// Upper bound of the postcard header of one data-plane frame.
 pub const MAX_DATA_HEADER: usize = 4 * 1024;
 /// Upper bound of a whole data-plane frame (header length prefix, header, payload).

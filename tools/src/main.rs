@@ -1,6 +1,7 @@
 //! `fedctl`: gossipfed's operator CLI.
 
 mod bench;
+mod learn;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -24,6 +25,32 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Train an RUL model on a C-MAPSS training file, centrally or in a simulated federation.
+    Train(learn::TrainArgs),
+    /// Predict the RUL of every engine of a C-MAPSS test file; writes `unit,rul` CSV.
+    Predict {
+        /// Model file written by `fedctl train`.
+        #[arg(long)]
+        model: PathBuf,
+        /// C-MAPSS test file (e.g. test_FD001.txt).
+        #[arg(long)]
+        data: PathBuf,
+        /// Output CSV.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Evaluate a model on a C-MAPSS test file against its true RUL file.
+    Evaluate {
+        /// Model file written by `fedctl train`.
+        #[arg(long)]
+        model: PathBuf,
+        /// C-MAPSS test file (e.g. test_FD001.txt).
+        #[arg(long)]
+        data: PathBuf,
+        /// True RUL per test engine (e.g. RUL_FD001.txt).
+        #[arg(long)]
+        truth: PathBuf,
+    },
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -45,6 +72,21 @@ enum BenchCommand {
         #[arg(long, default_value_t = 5)]
         reps: usize,
     },
+    /// Whole federated rounds on 127.0.0.1 with a synthetic model and a no-op trainer.
+    Rounds {
+        /// Edges.
+        #[arg(long, default_value_t = 10)]
+        edges: usize,
+        /// Float32 parameters of the synthetic model.
+        #[arg(long, default_value_t = 1_000_000)]
+        params: usize,
+        /// Rounds.
+        #[arg(long, default_value_t = 20)]
+        rounds: u64,
+        /// Run every node as its own `fedd` process (measures per-node peak RSS).
+        #[arg(long)]
+        processes: bool,
+    },
 }
 
 fn status(data_dir: PathBuf, json: bool) -> Result<()> {
@@ -63,12 +105,22 @@ fn status(data_dir: PathBuf, json: bool) -> Result<()> {
         s.coordinator.as_deref().unwrap_or("none"),
         if s.is_coordinator { ", this node" } else { "" }
     );
-    println!("version:      {} ({})", s.version, s.digest.get(..12).unwrap_or(""));
+    println!(
+        "version:      {} ({})",
+        s.version,
+        s.digest.get(..12).unwrap_or("")
+    );
     println!("peers:        {}", s.peers);
     if s.role == fedd::config::Role::Edge {
-        println!("data:         {} run-to-failure machines, {} windows", s.failures, s.windows);
+        println!(
+            "data:         {} run-to-failure machines, {} windows",
+            s.failures, s.windows
+        );
         println!("eligibility:  {}", s.eligibility);
-        println!("trained:      {} rounds; not selected: {}", s.rounds_trained, s.not_selected);
+        println!(
+            "trained:      {} rounds; not selected: {}",
+            s.rounds_trained, s.not_selected
+        );
         if let Some(r) = s.local_eval_rmse {
             println!("local RMSE:   {r:.3}");
         }
@@ -93,14 +145,29 @@ fn status(data_dir: PathBuf, json: bool) -> Result<()> {
 }
 
 fn main() -> Result<()> {
+    fedd::telemetry::init_logging("warn");
     match Cli::parse().command {
         Command::Status { data_dir, json } => status(data_dir, json),
+        Command::Train(args) => learn::train(&args),
+        Command::Predict { model, data, out } => learn::predict(&model, &data, &out),
+        Command::Evaluate { model, data, truth } => learn::evaluate(&model, &data, &truth),
         Command::Bench { which } => match which {
             BenchCommand::Aggregate {
                 clients,
                 params,
                 reps,
             } => bench::aggregate(clients, params, reps),
+            BenchCommand::Rounds {
+                edges,
+                params,
+                rounds,
+                processes,
+            } => bench::rounds(bench::RoundsOptions {
+                edges,
+                params,
+                rounds,
+                processes,
+            }),
         },
     }
 }

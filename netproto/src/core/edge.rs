@@ -7,7 +7,16 @@ use crate::wire::{
     AnchorStatus, Commit, Digest, FeatureRanges, Message, NodeId, Presence, Proposal, RoundPlan,
     SampleCounts,
 };
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasherDefault;
+
+/// The member table is hit by every presence message (N² per heartbeat across a fleet), so
+/// it is a hash map, not a B-tree whose string comparisons chase a pointer per key. The
+/// hasher is fixed (not randomly keyed) so that iteration order, and thus every run of the
+/// state machine, depends only on its inputs; the table is bounded by `max_members` and only
+/// admitted peers reach it. Every consumer that depends on order sorts first.
+type MemberMap = HashMap<NodeId, Member, BuildHasherDefault<DefaultHasher>>;
 
 #[derive(Clone, Debug)]
 struct Member {
@@ -50,7 +59,7 @@ pub struct Edge {
     samples: SampleCounts,
     ranges: Option<FeatureRanges>,
     eligible_reported: Option<bool>,
-    members: BTreeMap<NodeId, Member>,
+    members: MemberMap,
     // The anchor's view, as last heard.
     term: u64,
     coordinator: Option<NodeId>,
@@ -90,7 +99,7 @@ impl Edge {
             samples,
             ranges,
             eligible_reported: None,
-            members: BTreeMap::new(),
+            members: MemberMap::default(),
             term: 0,
             coordinator: None,
             lease_until: now,
@@ -192,18 +201,31 @@ impl Edge {
             t = t.min(c);
         }
         if let Some(c) = &self.coord {
-            t = t.min(c.next_renew).min(c.lease_until).min(c.gap_until);
-            if let Some(a) = c.awaiting_until {
-                t = t.min(a);
+            t = t.min(c.next_renew).min(c.lease_until);
+            match c.awaiting_until {
+                Some(a) => t = t.min(a),
+                // The gap only matters while a proposal could be made; during a round (or
+                // once done) it lies in the past and would make the driver spin. The end of
+                // the round arrives as a message, after which the driver asks again.
+                None if self.active_round.is_none() && !self.done() => t = t.min(c.gap_until),
+                None => {}
             }
         }
         if let Some(p) = &self.part {
             t = t.min(p.deadline);
         }
-        if self.coord.is_none() && self.claim_at.is_none() && self.is_eligible() {
+        // Campaigning starts only once the anchor was heard (see `tick_campaign`); before
+        // that the retry time lies in the past and would make the driver spin.
+        if self.coord.is_none() && self.claim_at.is_none() && self.anchor_heard && self.is_eligible()
+        {
             t = t.min(self.claim_retry_at.max(self.lease_until));
         }
         t
+    }
+
+    /// Whether the federation reached `max_version` (no more proposals).
+    fn done(&self) -> bool {
+        self.cfg.max_version.is_some_and(|m| self.version >= m)
     }
 
     fn presence(&self) -> Presence {
@@ -216,14 +238,18 @@ impl Edge {
     }
 
     fn eligible_live_members(&self, now: Time) -> Vec<NodeId> {
-        self.members
+        let mut ids: Vec<NodeId> = self
+            .members
             .iter()
             .filter(|(_, m)| {
                 now < m.last_seen + self.cfg.member_timeout_ms
                     && self.cfg.criterion.is_met(&m.presence.samples)
             })
             .map(|(id, _)| id.clone())
-            .collect()
+            .collect();
+        // Sorted, so the result does not depend on the hash map's order.
+        ids.sort();
+        ids
     }
 
     /// Advances timers: presence gossip, campaigning, lease renewal, proposals, deadlines.
@@ -308,7 +334,7 @@ impl Edge {
             c.awaiting_until = None;
         }
         let busy = c.awaiting_until.is_some() || now < c.gap_until;
-        let done = self.cfg.max_version.is_some_and(|m| self.version >= m);
+        let done = self.done();
         if busy || self.active_round.is_some() || done {
             return;
         }
@@ -411,18 +437,19 @@ impl Edge {
     pub fn handle_message(&mut self, now: Time, from: &NodeId, msg: Message) {
         let from_anchor = *from == self.anchor;
         match msg {
-            Message::Presence(p)
-                if *from != self.id
-                    && (self.members.len() < self.cfg.max_members
-                        || self.members.contains_key(from)) =>
-            {
-                self.members.insert(
-                    from.clone(),
-                    Member {
-                        presence: p,
-                        last_seen: now,
-                    },
-                );
+            Message::Presence(p) if *from != self.id => {
+                if let Some(m) = self.members.get_mut(from) {
+                    m.presence = p;
+                    m.last_seen = now;
+                } else if self.members.len() < self.cfg.max_members {
+                    self.members.insert(
+                        from.clone(),
+                        Member {
+                            presence: p,
+                            last_seen: now,
+                        },
+                    );
+                }
             }
             Message::Status(s) if from_anchor => self.learn_status(now, s),
             Message::TermGranted {
