@@ -7,8 +7,8 @@ use crate::mlflow::{MlflowBridge, MlflowConfig};
 use crate::net::{Net, NetEvent};
 use crate::node::{Clock, MAX_STATUS_ROUNDS, NodeStatus, RoundSummary, write_status};
 use crate::store::{AnchorStore, RoundLogEntry, VersionRecord};
-use crate::workload::WorkloadKind;
 use crate::telemetry::{NodeSpan, NodeTracer};
+use crate::workload::WorkloadKind;
 use anyhow::{Context, Result, bail};
 use libp2p::PeerId;
 use libp2p::request_response::ResponseChannel;
@@ -142,14 +142,15 @@ impl AnchorNode {
         );
         let me = net.me().clone();
         let core = Anchor::new(cfg.protocol.clone(), me.clone(), durable, clock.now());
-        let holdout = (cfg.holdout.machines > 0 && cfg.model.kind == WorkloadKind::Rul).then(|| {
-            Arc::new(model::generate(&model::SyntheticConfig {
-                machines: cfg.holdout.machines,
-                features: cfg.model.features,
-                seed: cfg.holdout.seed,
-                ..model::SyntheticConfig::default()
-            }))
-        });
+        let holdout =
+            (cfg.holdout.machines > 0 && cfg.model.kind == WorkloadKind::Rul).then(|| {
+                Arc::new(model::generate(&model::SyntheticConfig {
+                    machines: cfg.holdout.machines,
+                    features: cfg.model.features,
+                    seed: cfg.holdout.seed,
+                    ..model::SyntheticConfig::default()
+                }))
+            });
         let (eval_tx, eval_rx) = mpsc::channel(64);
         let (mlflow, mlflow_task) = MlflowBridge::start(MlflowConfig {
             tracking_uri: cfg.mlflow.tracking_uri.clone(),
@@ -792,7 +793,11 @@ impl AnchorNode {
                 self.mlflow.log_metrics(c.round, metrics);
                 // Edge evaluations of older versions that are still incomplete are logged
                 // now with what arrived; this version's wait for the edges' reports.
-                let older: Vec<u64> = self.edge_evals.range(..c.version).map(|(v, _)| *v).collect();
+                let older: Vec<u64> = self
+                    .edge_evals
+                    .range(..c.version)
+                    .map(|(v, _)| *v)
+                    .collect();
                 for v in older {
                     if let Some(evals) = self.edge_evals.remove(&v) {
                         self.log_edge_evals(v, evals);

@@ -6,8 +6,8 @@ use crate::config::NodeConfig;
 use crate::net::{Net, NetEvent};
 use crate::node::{Clock, NodeStatus, write_status};
 use crate::store::EdgeStore;
-use crate::workload::WorkloadKind;
 use crate::telemetry::{NodeSpan, NodeTracer};
+use crate::workload::WorkloadKind;
 use anyhow::{Context, Result};
 use libp2p::PeerId;
 use libp2p::request_response::{OutboundRequestId, ResponseChannel};
@@ -43,6 +43,32 @@ struct Fetch {
     source: PeerId,
     attempts: u32,
     span: Option<NodeSpan>,
+    /// When waiting for a peer that does not hold the model yet: ask again at this time.
+    retry_at: Option<tokio::time::Instant>,
+    /// Give up on peers and fetch from the anchor after this.
+    fallback_at: tokio::time::Instant,
+}
+
+/// How often a peer that does not hold a model yet is asked again.
+const PEER_RETRY: Duration = Duration::from_millis(20);
+/// How long an edge waits for its peer source before fetching from the anchor.
+const PEER_FALLBACK: Duration = Duration::from_secs(3);
+
+/// The source of a newly committed model in a binary distribution tree over the edges
+/// that took part in its round (sorted by peer id): the first two fetch from the anchor,
+/// every other edge from its parent in the tree, so the anchor sends each version twice
+/// however large the federation is. Edges outside the round fetch from a tree member.
+pub fn tree_source(me: &str, included: &[String]) -> Option<String> {
+    let mut all: Vec<&str> = included.iter().map(String::as_str).collect();
+    all.sort_unstable();
+    all.dedup();
+    match all.binary_search(&me) {
+        // The anchor is the tree's root with two children.
+        Ok(0 | 1) => None,
+        Ok(k) => Some(all[(k - 2) / 2].to_owned()),
+        Err(_) if all.is_empty() => None,
+        Err(pos) => Some(all[pos % all.len()].to_owned()),
+    }
 }
 
 /// An update upload in progress.
@@ -244,6 +270,8 @@ impl EdgeNode {
         let mut kad_tick = tokio::time::interval(Duration::from_secs(30));
         // The anchor may restart: redial it whenever the connection is gone.
         let mut anchor_tick = tokio::time::interval(Duration::from_secs(2));
+        let mut retry_tick = tokio::time::interval(PEER_RETRY);
+        retry_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let result = loop {
             let wake = self.clock.instant(self.core.poll_timeout());
             tokio::select! {
@@ -254,6 +282,9 @@ impl EdgeNode {
                 Some((version, samples, r)) = self.eval_rx.recv() => self.on_eval(version, samples, r),
                 _ = kad_tick.tick() => self.net.kad_bootstrap(),
                 _ = anchor_tick.tick() => self.net.ensure_connected(self.anchor, &anchor_addr),
+                _ = retry_tick.tick(), if self.fetches.values().any(|f| f.retry_at.is_some()) => {
+                    self.retry_fetches();
+                }
             }
             if let Err(e) = self.drain() {
                 break Err(e);
@@ -369,6 +400,15 @@ impl EdgeNode {
 
     /// Makes sure the model `digest` is (or will be) in the local store; returns it if here.
     fn ensure_model(&mut self, digest: Digest, parent: Option<&str>) -> Option<ParamSet> {
+        self.ensure_model_from(digest, parent, self.anchor)
+    }
+
+    fn ensure_model_from(
+        &mut self,
+        digest: Digest,
+        parent: Option<&str>,
+        source: PeerId,
+    ) -> Option<ParamSet> {
         if let Ok(Some(bytes)) = self.store.model(&digest) {
             match ParamSet::from_bytes(&bytes) {
                 Ok(p) => return Some(p),
@@ -383,9 +423,11 @@ impl EdgeNode {
                 digest,
                 Fetch {
                     buf: Vec::new(),
-                    source: self.anchor,
+                    source,
                     attempts: 0,
                     span: Some(span),
+                    retry_at: None,
+                    fallback_at: tokio::time::Instant::now() + PEER_FALLBACK,
                 },
             );
             self.request_chunk(digest);
@@ -455,6 +497,18 @@ impl EdgeNode {
                 drop(f.span);
                 self.model_ready(digest);
             }
+            Err(e) if f.source != self.anchor => {
+                // The peer source does not hold the model yet (or failed): ask again
+                // shortly, until the fallback deadline, then fetch from the anchor.
+                let now = tokio::time::Instant::now();
+                if now < f.fallback_at && e.contains("does not hold") {
+                    f.retry_at = Some(now + PEER_RETRY);
+                } else {
+                    f.source = self.anchor;
+                    f.buf.clear();
+                    self.request_chunk(digest);
+                }
+            }
             Err(e) => {
                 f.attempts += 1;
                 if f.attempts < MAX_ATTEMPTS {
@@ -468,13 +522,33 @@ impl EdgeNode {
         }
     }
 
+    fn retry_fetches(&mut self) {
+        let now = tokio::time::Instant::now();
+        let due: Vec<Digest> = self
+            .fetches
+            .iter_mut()
+            .filter(|(_, f)| f.retry_at.is_some_and(|t| now >= t))
+            .map(|(d, f)| {
+                f.retry_at = None;
+                *d
+            })
+            .collect();
+        for d in due {
+            self.request_chunk(d);
+        }
+    }
+
     fn fetch_failed(&mut self, digest: Digest, why: &str) {
         warn!("fetching model {} failed: {why}", short_hex(&digest));
         if let Some(plan) = self.waiting_for_base.take_if(|p| p.base_digest == digest) {
             let now = self.now();
             self.core.handle_training_done(now, plan.round, false);
         }
-        if self.want_eval.as_ref().is_some_and(|(_, d, _)| *d == digest) {
+        if self
+            .want_eval
+            .as_ref()
+            .is_some_and(|(_, d, _)| *d == digest)
+        {
             self.want_eval = None;
         }
     }
@@ -776,17 +850,24 @@ impl EdgeNode {
                     }
                 }
                 Output::NewGlobal(commit) => {
-                    if self.coordinator_span.is_some() {
-                        if let Some(mut s) = self.coordinator_span.take() {
-                            s.set_attr("round", commit.round.to_string());
-                            s.set_attr("version", commit.version.to_string());
-                        }
+                    // The round is over: the coordinator's root span ends here.
+                    if let Some(mut s) = self.coordinator_span.take() {
+                        s.set_attr("round", commit.round.to_string());
+                        s.set_attr("version", commit.version.to_string());
                     }
                     // Fetching and evaluating the new version belong to the trace of the
                     // round that produced it.
                     let parent = self.round_parent(commit.round);
                     self.want_eval = Some((commit.version, commit.digest, parent.clone()));
-                    if self.ensure_model(commit.digest, parent.as_deref()).is_some() {
+                    let included: Vec<String> =
+                        commit.included.iter().map(ToString::to_string).collect();
+                    let source = tree_source(self.net.me().as_str(), &included)
+                        .and_then(|p| peer_id(&p).ok())
+                        .unwrap_or(self.anchor);
+                    if self
+                        .ensure_model_from(commit.digest, parent.as_deref(), source)
+                        .is_some()
+                    {
                         self.want_eval = None;
                         self.start_eval(commit.version, commit.digest, parent.as_deref());
                     }
@@ -857,4 +938,31 @@ impl EdgeNode {
 /// Parses a peer id (helper for callers holding text).
 pub fn peer_id(s: &str) -> Result<PeerId> {
     PeerId::from_str(s).with_context(|| format!("invalid peer id {s:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tree_source;
+
+    #[test]
+    fn the_distribution_tree_has_one_root_and_fanout_two() {
+        let ids: Vec<String> = (0..7).map(|i| format!("p{i}")).collect();
+        let sources: Vec<Option<String>> = ids.iter().map(|id| tree_source(id, &ids)).collect();
+        assert_eq!(
+            sources[0], None,
+            "the first two edges fetch from the anchor"
+        );
+        assert_eq!(sources[1], None);
+        for parent in &ids {
+            let children = sources
+                .iter()
+                .filter(|s| s.as_ref() == Some(parent))
+                .count();
+            assert!(children <= 2, "{parent} serves {children} edges");
+        }
+        assert_eq!(sources.iter().filter(|s| s.is_some()).count(), 5);
+        // An edge outside the round fetches from a member of it.
+        assert!(tree_source("zz", &ids).is_some_and(|s| ids.contains(&s)));
+        assert_eq!(tree_source("a", &[]), None);
+    }
 }

@@ -305,13 +305,21 @@ async fn assert_one_value_per_round(rest: &Rest, run_id: &str, status: &NodeStat
             steps, rounds,
             "metric {key}: steps {steps:?}, committed rounds {rounds:?}"
         );
-        assert!(history.iter().all(|p| p.1.is_finite()), "{key}: {history:?}");
+        assert!(
+            history.iter().all(|p| p.1.is_finite()),
+            "{key}: {history:?}"
+        );
     }
     let by_round: BTreeMap<u64, &fedd::node::RoundSummary> =
         status.rounds.iter().map(|r| (r.round, r)).collect();
     for (step, value) in rest.history(run_id, "eval_rmse").await {
-        let want = by_round[&step].eval_rmse.expect("anchor evaluated the round");
-        assert!((value - want).abs() < 1e-9, "eval_rmse@{step}: {value} vs {want}");
+        let want = by_round[&step]
+            .eval_rmse
+            .expect("anchor evaluated the round");
+        assert!(
+            (value - want).abs() < 1e-9,
+            "eval_rmse@{step}: {value} vs {want}"
+        );
     }
     for (step, value) in rest.history(run_id, "edge_eval_rmse").await {
         let want = by_round[&step]
@@ -323,7 +331,10 @@ async fn assert_one_value_per_round(rest: &Rest, run_id: &str, status: &NodeStat
         );
     }
     for (step, value) in rest.history(run_id, "participants").await {
-        assert_eq!(value, by_round[&step].included as f64, "participants@{step}");
+        assert_eq!(
+            value, by_round[&step].included as f64,
+            "participants@{step}"
+        );
     }
 }
 
@@ -377,7 +388,10 @@ fn demo_federation_logs_run_metrics_params_and_model_to_real_mlflow() {
         let run = &runs[0];
         let run_id = run["info"]["run_id"].as_str().unwrap().to_string();
         assert_eq!(run["info"]["status"], "FINISHED", "{run}");
-        assert!(run["info"]["end_time"].as_u64().unwrap() >= run["info"]["start_time"].as_u64().unwrap());
+        assert!(
+            run["info"]["end_time"].as_u64().unwrap()
+                >= run["info"]["start_time"].as_u64().unwrap()
+        );
 
         let params = key_values(run, "params");
         for p in PARAMS {
@@ -480,13 +494,10 @@ fn mlflow_down_at_first_then_up_receives_every_round() {
         }
         let mut st = anchor.status.clone();
         let committed = |s: &NodeStatus| committed_rounds(s).len();
-        tokio::time::timeout(
-            Duration::from_secs(120),
-            st.wait_for(|s| committed(s) >= 3),
-        )
-        .await
-        .expect("3 rounds committed while MLflow is down")
-        .unwrap();
+        tokio::time::timeout(Duration::from_secs(120), st.wait_for(|s| committed(s) >= 3))
+            .await
+            .expect("3 rounds committed while MLflow is down")
+            .unwrap();
         let during_outage = committed_rounds(&anchor.status.borrow());
         // Nothing has reached MLflow, everything is in metrics.jsonl.
         let jsonl = std::fs::read_to_string(tmp.path().join("anchor/metrics.jsonl")).unwrap();

@@ -187,7 +187,11 @@ async fn one_trace_per_round_spans_anchor_and_edges_with_correct_parents() {
             "{s:?}"
         );
         let peer = s.resource.get("peer.id").cloned().unwrap_or_default();
-        assert!(peer.starts_with("12D3KooW"), "peer.id {peer:?} of {}", s.service);
+        assert!(
+            peer.starts_with("12D3KooW"),
+            "peer.id {peer:?} of {}",
+            s.service
+        );
         let known = peer_ids.entry(s.service.clone()).or_insert(peer.clone());
         assert_eq!(*known, peer, "one peer id per service");
     }
@@ -228,7 +232,9 @@ async fn one_trace_per_round_spans_anchor_and_edges_with_correct_parents() {
         let names_of = |svc: &dyn Fn(&str) -> bool| -> BTreeMap<String, BTreeSet<String>> {
             let mut m: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
             for s in in_trace.iter().filter(|s| svc(&s.service)) {
-                m.entry(s.name.clone()).or_default().insert(s.service.clone());
+                m.entry(s.name.clone())
+                    .or_default()
+                    .insert(s.service.clone());
             }
             m
         };
@@ -250,10 +256,7 @@ async fn one_trace_per_round_spans_anchor_and_edges_with_correct_parents() {
             .filter(|s| s.name == "anchor.validate")
             .count();
         assert_eq!(validations, 3, "one validation per update");
-        let commit = in_trace
-            .iter()
-            .find(|s| s.name == "anchor.commit")
-            .unwrap();
+        let commit = in_trace.iter().find(|s| s.name == "anchor.commit").unwrap();
         assert_eq!(commit.attrs.get("round"), Some(&round_attr));
         assert_eq!(commit.attrs.get("version"), Some(&round_attr));
         let edges = names_of(&|s| s.starts_with("fedd-edge-"));
