@@ -17,3 +17,4 @@ pub mod node;
 pub mod store;
 pub mod telemetry;
 pub mod workload;
+pub mod aggregator;

@@ -1,0 +1,473 @@
+//! The anchor's streaming FedAvg: updates are validated and folded into one running
+//! weighted sum **as their chunks arrive**, so the anchor holds O(model) memory however many
+//! edges report:
+//!
+//! - the running sum: one `f64` per parameter (exact for the sums FedAvg needs, so the
+//!   result does not depend on arrival order);
+//! - per upload in flight (at most `slots`): its raw bytes, kept only so that an update
+//!   rejected at the end (digest mismatch, norm bound, fencing) can be rolled back exactly;
+//! - the base model stays on disk: validation reads it chunk by chunk.
+//!
+//! The committed model is written to its content-addressed file directly from the sum,
+//! block by block, hashing as it goes: no second copy of the model is ever materialised.
+//! Robust strategies (median, trimmed mean) need every update at once and are not
+//! streamed; see `model::aggregate`.
+
+use netproto::wire::Digest;
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+/// Values converted per block when reading the base or writing the result.
+const BLOCK: usize = 64 * 1024;
+
+/// Why an upload was refused.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum UploadError {
+    /// Every upload slot is taken; retry later.
+    #[error("busy: {0} uploads in progress")]
+    Busy(usize),
+    /// The update's layout header differs from the base model's.
+    #[error("layout differs from the base model")]
+    Layout,
+    /// The update's size differs from the base model's.
+    #[error("update of {got} bytes, the base model has {expected}")]
+    Size {
+        /// Declared size.
+        got: u64,
+        /// Base size.
+        expected: u64,
+    },
+    /// A chunk does not continue the upload.
+    #[error("chunk at offset {got} does not continue the upload at {expected}")]
+    OutOfSequence {
+        /// Offset of the chunk.
+        got: u64,
+        /// Bytes received so far.
+        expected: u64,
+    },
+    /// No upload from this sender is in progress.
+    #[error("no upload in progress")]
+    NotStarted,
+    /// A value is NaN or infinite.
+    #[error("non-finite value at index {0}")]
+    NonFinite(usize),
+    /// The payload does not match its declared digest.
+    #[error("payload digest mismatch")]
+    Digest,
+    /// The update is farther from its base than the norm bound.
+    #[error("update norm {norm:.3} exceeds the bound {bound}")]
+    Norm {
+        /// Measured L2 distance to the base.
+        norm: f64,
+        /// The bound.
+        bound: f64,
+    },
+    /// Reading the base or writing the result failed.
+    #[error("i/o: {0}")]
+    Io(String),
+}
+
+impl From<std::io::Error> for UploadError {
+    fn from(e: std::io::Error) -> Self {
+        UploadError::Io(e.to_string())
+    }
+}
+
+/// The base model of a round, on disk.
+#[derive(Clone, Debug)]
+pub struct BaseModel {
+    /// Its file.
+    pub path: PathBuf,
+    /// Total encoded size.
+    pub len: u64,
+    /// Bytes before the values (the `ParamSet` layout header).
+    pub header: Vec<u8>,
+    /// Number of `f32` values.
+    pub values: usize,
+}
+
+impl BaseModel {
+    /// Describes the encoded model at `path` (a `ParamSet::to_bytes` file).
+    pub fn open(path: &Path) -> Result<Self, UploadError> {
+        let bytes = std::fs::read(path)?;
+        let params = model::ParamSet::from_bytes(&bytes)
+            .map_err(|e| UploadError::Io(format!("{}: {e}", path.display())))?;
+        let values = params.len();
+        let header_len = bytes.len() - values * 4;
+        Ok(Self {
+            path: path.to_owned(),
+            len: bytes.len() as u64,
+            header: bytes[..header_len].to_vec(),
+            values,
+        })
+    }
+
+    fn read_values(&self, file: &File, start: usize, out: &mut Vec<f32>, n: usize) -> Result<(), UploadError> {
+        let mut raw = vec![0u8; n * 4];
+        file.read_exact_at(&mut raw, (self.header.len() + start * 4) as u64)?;
+        out.clear();
+        out.extend(raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])));
+        Ok(())
+    }
+}
+
+struct Upload {
+    weight: u64,
+    total: u64,
+    digest: Digest,
+    buf: Vec<u8>,
+    hasher: blake3::Hasher,
+    /// Values folded into the sum so far.
+    folded: usize,
+    sq_norm: f64,
+}
+
+/// Running weighted sum of one round's updates.
+pub struct StreamingAggregator {
+    base: BaseModel,
+    base_file: File,
+    sum: Vec<f64>,
+    slots: usize,
+    max_norm: f64,
+    uploads: HashMap<String, Upload>,
+    count: usize,
+    total_weight: u64,
+    scratch: Vec<f32>,
+}
+
+impl StreamingAggregator {
+    /// An empty aggregate over `base`, accepting at most `slots` concurrent uploads and
+    /// updates within `max_norm` (L2) of the base.
+    pub fn new(base: BaseModel, slots: usize, max_norm: f64) -> Result<Self, UploadError> {
+        let base_file = File::open(&base.path)?;
+        Ok(Self {
+            sum: vec![0.0; base.values],
+            base,
+            base_file,
+            slots: slots.max(1),
+            max_norm,
+            uploads: HashMap::new(),
+            count: 0,
+            total_weight: 0,
+            scratch: Vec::new(),
+        })
+    }
+
+    /// Upload slots that fit in `budget_bytes` for models of `model_len` bytes (1 to 64).
+    pub fn slots_for(model_len: u64, budget_bytes: u64) -> usize {
+        (budget_bytes / model_len.max(1)).clamp(1, 64) as usize
+    }
+
+    /// Updates folded in completely.
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    /// Uploads in progress.
+    pub fn in_flight(&self) -> usize {
+        self.uploads.len()
+    }
+
+    /// Reserves a slot for `sender`'s update of `total` bytes with `digest` and `weight`.
+    pub fn begin(&mut self, sender: &str, total: u64, digest: Digest, weight: u64) -> Result<(), UploadError> {
+        if total != self.base.len {
+            return Err(UploadError::Size {
+                got: total,
+                expected: self.base.len,
+            });
+        }
+        if let Some(old) = self.uploads.remove(sender) {
+            // A restarted upload replaces the old one.
+            self.rollback(&old);
+        }
+        if self.uploads.len() >= self.slots {
+            return Err(UploadError::Busy(self.uploads.len()));
+        }
+        self.uploads.insert(
+            sender.to_owned(),
+            Upload {
+                weight,
+                total,
+                digest,
+                buf: Vec::new(),
+                hasher: blake3::Hasher::new(),
+                folded: 0,
+                sq_norm: 0.0,
+            },
+        );
+        Ok(())
+    }
+
+    /// Appends a chunk of `sender`'s upload and folds its complete values into the sum.
+    /// Returns `Ok(true)` once every byte arrived (then call [`Self::finish`]). On error the
+    /// upload is rolled back and dropped.
+    pub fn chunk(&mut self, sender: &str, offset: u64, payload: &[u8]) -> Result<bool, UploadError> {
+        let mut up = self.uploads.remove(sender).ok_or(UploadError::NotStarted)?;
+        match self.fold_chunk(&mut up, offset, payload) {
+            Ok(done) => {
+                self.uploads.insert(sender.to_owned(), up);
+                Ok(done)
+            }
+            Err(e) => {
+                self.rollback(&up);
+                Err(e)
+            }
+        }
+    }
+
+    fn fold_chunk(&mut self, up: &mut Upload, offset: u64, payload: &[u8]) -> Result<bool, UploadError> {
+        if offset != up.buf.len() as u64 || up.buf.len() as u64 + payload.len() as u64 > up.total {
+            return Err(UploadError::OutOfSequence {
+                got: offset,
+                expected: up.buf.len() as u64,
+            });
+        }
+        up.buf.extend_from_slice(payload);
+        up.hasher.update(payload);
+        let header = self.base.header.len();
+        if up.folded == 0 && up.buf.len() >= header && up.buf[..header] != self.base.header[..] {
+            return Err(UploadError::Layout);
+        }
+        let complete = up.buf.len().saturating_sub(header) / 4;
+        let w = up.weight as f64;
+        while up.folded < complete {
+            let n = (complete - up.folded).min(BLOCK);
+            let start = up.folded;
+            self.base.read_values(&self.base_file, start, &mut self.scratch, n)?;
+            let raw = &up.buf[header + start * 4..header + (start + n) * 4];
+            for (j, (b, base)) in raw.chunks_exact(4).zip(&self.scratch).enumerate() {
+                let v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                if !v.is_finite() {
+                    // The values before it are in the sum: the rollback undoes exactly those.
+                    up.folded = start + j;
+                    return Err(UploadError::NonFinite(start + j));
+                }
+                let d = f64::from(v - base);
+                up.sq_norm += d * d;
+                self.sum[start + j] += w * f64::from(v);
+            }
+            up.folded += n;
+        }
+        Ok(up.buf.len() as u64 == up.total)
+    }
+
+    fn rollback(&mut self, up: &Upload) {
+        let header = self.base.header.len();
+        let w = up.weight as f64;
+        for (i, b) in up.buf[header.min(up.buf.len())..]
+            .chunks_exact(4)
+            .take(up.folded)
+            .enumerate()
+        {
+            self.sum[i] -= w * f64::from(f32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+        }
+    }
+
+    /// Checks the completed upload of `sender` (digest, norm bound) and, if `admit` agrees,
+    /// keeps it in the sum; otherwise rolls it back. `admit` is the protocol core's fencing
+    /// decision, asked only for updates whose content is valid.
+    pub fn finish(
+        &mut self,
+        sender: &str,
+        admit: impl FnOnce() -> Result<(), String>,
+    ) -> Result<(), String> {
+        let up = self
+            .uploads
+            .remove(sender)
+            .ok_or_else(|| UploadError::NotStarted.to_string())?;
+        let verdict = if up.buf.len() as u64 != up.total || up.folded != self.base.values {
+            Err(UploadError::NotStarted.to_string())
+        } else if *up.hasher.finalize().as_bytes() != up.digest {
+            Err(UploadError::Digest.to_string())
+        } else if up.sq_norm.sqrt() > self.max_norm {
+            Err(UploadError::Norm {
+                norm: up.sq_norm.sqrt(),
+                bound: self.max_norm,
+            }
+            .to_string())
+        } else {
+            admit()
+        };
+        match verdict {
+            Ok(()) => {
+                self.count += 1;
+                self.total_weight += up.weight;
+                Ok(())
+            }
+            Err(e) => {
+                self.rollback(&up);
+                Err(e)
+            }
+        }
+    }
+
+    /// Drops the upload of `sender`, if any, rolling it back.
+    pub fn abort(&mut self, sender: &str) {
+        if let Some(up) = self.uploads.remove(sender) {
+            self.rollback(&up);
+        }
+    }
+
+    /// The current weighted mean, as `f32` values (for tests and small models).
+    pub fn mean(&self) -> Option<Vec<f32>> {
+        (self.total_weight > 0).then(|| {
+            let t = self.total_weight as f64;
+            self.sum.iter().map(|s| (s / t) as f32).collect()
+        })
+    }
+
+    /// Writes the weighted mean as a model file in `dir`, named by its BLAKE3 digest,
+    /// block by block (fsynced, then renamed into place). Returns (digest, path, length).
+    pub fn write_mean(&self, dir: &Path) -> Result<(Digest, PathBuf, u64), UploadError> {
+        if self.total_weight == 0 {
+            return Err(UploadError::Io("no update to aggregate".into()));
+        }
+        std::fs::create_dir_all(dir)?;
+        let tmp = dir.join(format!("aggregate-{}.tmp", std::process::id()));
+        let mut file = std::io::BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
+        let mut hasher = blake3::Hasher::new();
+        file.write_all(&self.base.header)?;
+        hasher.update(&self.base.header);
+        let t = self.total_weight as f64;
+        let mut block = Vec::with_capacity(BLOCK * 4);
+        for chunk in self.sum.chunks(BLOCK) {
+            block.clear();
+            for s in chunk {
+                block.extend_from_slice(&((s / t) as f32).to_le_bytes());
+            }
+            file.write_all(&block)?;
+            hasher.update(&block);
+        }
+        let file = file.into_inner().map_err(|e| UploadError::Io(e.to_string()))?;
+        file.sync_all()?;
+        let digest = *hasher.finalize().as_bytes();
+        let path = dir.join(format!("{}.bin", hex::encode(digest)));
+        std::fs::rename(&tmp, &path)?;
+        Ok((digest, path, self.base.len))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use model::{ParamSet, TensorSpec};
+    use proptest::prelude::*;
+
+    fn write_base(dir: &Path, values: Vec<f32>) -> BaseModel {
+        let p = ParamSet::new(vec![TensorSpec::new("w", vec![values.len()])], values).unwrap();
+        let path = dir.join("base.bin");
+        std::fs::write(&path, p.to_bytes()).unwrap();
+        BaseModel::open(&path).unwrap()
+    }
+
+    fn encode(values: &[f32]) -> Vec<u8> {
+        ParamSet::new(vec![TensorSpec::new("w", vec![values.len()])], values.to_vec())
+            .unwrap()
+            .to_bytes()
+    }
+
+    fn upload(agg: &mut StreamingAggregator, who: &str, bytes: &[u8], weight: u64, chunk: usize) -> Result<(), String> {
+        let digest = *blake3::hash(bytes).as_bytes();
+        agg.begin(who, bytes.len() as u64, digest, weight).map_err(|e| e.to_string())?;
+        let mut off = 0;
+        for c in bytes.chunks(chunk.max(1)) {
+            agg.chunk(who, off as u64, c).map_err(|e| e.to_string())?;
+            off += c.len();
+        }
+        agg.finish(who, || Ok(()))
+    }
+
+    proptest! {
+        #[test]
+        fn streaming_equals_batch_fedavg_for_any_order_and_chunking(
+            n in 1usize..300,
+            k in 1usize..6,
+            chunk in 1usize..700,
+            rotate in 0usize..6,
+            seed in any::<u32>(),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let base = write_base(dir.path(), vec![0.0; n]);
+            let updates: Vec<Vec<f32>> = (0..k)
+                .map(|c| (0..n).map(|i| (((i as u32).wrapping_mul(seed | 1) ^ c as u32) % 1000) as f32 / 1000.0 - 0.5).collect())
+                .collect();
+            let weights: Vec<u64> = (0..k as u64).map(|c| c * 3 + 1).collect();
+            let mut agg = StreamingAggregator::new(base, 8, 1e9).unwrap();
+            let mut order: Vec<usize> = (0..k).collect();
+            order.rotate_left(rotate % k);
+            for &c in &order {
+                upload(&mut agg, &format!("e{c}"), &encode(&updates[c]), weights[c], chunk).unwrap();
+            }
+            let sets: Vec<ParamSet> = updates.iter().map(|u| ParamSet::new(vec![TensorSpec::new("w", vec![n])], u.clone()).unwrap()).collect();
+            let pairs: Vec<(&ParamSet, u64)> = sets.iter().zip(weights.iter().copied()).collect();
+            let batch = model::fedavg(&pairs).unwrap();
+            for (a, b) in agg.mean().unwrap().iter().zip(batch.values()) {
+                prop_assert!((a - b).abs() <= 1e-6, "{a} vs {b}");
+            }
+        }
+
+        #[test]
+        fn a_rejected_update_leaves_the_sum_as_if_it_never_arrived(
+            n in 1usize..200,
+            chunk in 1usize..500,
+            bad_at in 0usize..200,
+            reason in 0u8..4,
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let base = write_base(dir.path(), vec![0.25; n]);
+            let good: Vec<f32> = (0..n).map(|i| i as f32 * 0.001).collect();
+            let mut agg = StreamingAggregator::new(base, 4, 100.0).unwrap();
+            upload(&mut agg, "good", &encode(&good), 3, chunk).unwrap();
+            let before = agg.sum.clone();
+            let mut bad = good.iter().map(|v| v + 1.0).collect::<Vec<f32>>();
+            let bytes = match reason {
+                0 => { bad[bad_at % n] = f32::NAN; encode(&bad) }
+                1 => { bad[bad_at % n] = 1e6; encode(&bad) }            // norm bound
+                _ => encode(&bad),
+            };
+            let digest = if reason == 2 { [7u8; 32] } else { *blake3::hash(&bytes).as_bytes() };
+            agg.begin("bad", bytes.len() as u64, digest, 5).unwrap();
+            let mut off = 0;
+            let mut failed = false;
+            for c in bytes.chunks(chunk) {
+                if agg.chunk("bad", off as u64, c).is_err() { failed = true; break; }
+                off += c.len();
+            }
+            if !failed {
+                // reason 3: fencing refuses an update whose content is fine.
+                let r = agg.finish("bad", || if reason == 3 { Err("stale round".into()) } else { Ok(()) });
+                prop_assert!(r.is_err());
+            }
+            // Subtraction undoes the fold up to f64 rounding of the intermediate sums.
+            for (a, b) in agg.sum.iter().zip(&before) {
+                prop_assert!((a - b).abs() <= 1e-9 * (1.0 + b.abs()), "{a} vs {b}");
+            }
+            prop_assert_eq!(agg.count(), 1);
+            prop_assert_eq!(agg.in_flight(), 0);
+        }
+    }
+
+    #[test]
+    fn slots_bound_concurrent_uploads_and_the_mean_file_is_content_addressed() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = write_base(dir.path(), vec![1.0; 10]);
+        let len = base.len;
+        let mut agg = StreamingAggregator::new(base, 1, 1e9).unwrap();
+        agg.begin("a", len, [0; 32], 1).unwrap();
+        assert_eq!(agg.begin("b", len, [0; 32], 1), Err(UploadError::Busy(1)));
+        assert!(matches!(agg.begin("c", len + 4, [0; 32], 1), Err(UploadError::Size { .. })));
+        agg.abort("a");
+        upload(&mut agg, "b", &encode(&[2.0; 10]), 1, 7).unwrap();
+        upload(&mut agg, "c", &encode(&[4.0; 10]), 3, 64).unwrap();
+        let (digest, path, n) = agg.write_mean(dir.path()).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(bytes.len() as u64, n);
+        assert_eq!(*blake3::hash(&bytes).as_bytes(), digest);
+        assert_eq!(ParamSet::from_bytes(&bytes).unwrap().values(), &[3.5; 10]);
+        assert_eq!(StreamingAggregator::slots_for(40 << 20, 48 << 20), 1);
+        assert_eq!(StreamingAggregator::slots_for(4 << 20, 48 << 20), 12);
+    }
+}
