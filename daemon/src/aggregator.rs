@@ -105,11 +105,20 @@ impl BaseModel {
         })
     }
 
-    fn read_values(&self, file: &File, start: usize, out: &mut Vec<f32>, n: usize) -> Result<(), UploadError> {
+    fn read_values(
+        &self,
+        file: &File,
+        start: usize,
+        out: &mut Vec<f32>,
+        n: usize,
+    ) -> Result<(), UploadError> {
         let mut raw = vec![0u8; n * 4];
         file.read_exact_at(&mut raw, (self.header.len() + start * 4) as u64)?;
         out.clear();
-        out.extend(raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])));
+        out.extend(
+            raw.chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        );
         Ok(())
     }
 }
@@ -172,7 +181,13 @@ impl StreamingAggregator {
     }
 
     /// Reserves a slot for `sender`'s update of `total` bytes with `digest` and `weight`.
-    pub fn begin(&mut self, sender: &str, total: u64, digest: Digest, weight: u64) -> Result<(), UploadError> {
+    pub fn begin(
+        &mut self,
+        sender: &str,
+        total: u64,
+        digest: Digest,
+        weight: u64,
+    ) -> Result<(), UploadError> {
         if total != self.base.len {
             return Err(UploadError::Size {
                 got: total,
@@ -204,7 +219,12 @@ impl StreamingAggregator {
     /// Appends a chunk of `sender`'s upload and folds its complete values into the sum.
     /// Returns `Ok(true)` once every byte arrived (then call [`Self::finish`]). On error the
     /// upload is rolled back and dropped.
-    pub fn chunk(&mut self, sender: &str, offset: u64, payload: &[u8]) -> Result<bool, UploadError> {
+    pub fn chunk(
+        &mut self,
+        sender: &str,
+        offset: u64,
+        payload: &[u8],
+    ) -> Result<bool, UploadError> {
         let mut up = self.uploads.remove(sender).ok_or(UploadError::NotStarted)?;
         match self.fold_chunk(&mut up, offset, payload) {
             Ok(done) => {
@@ -218,7 +238,12 @@ impl StreamingAggregator {
         }
     }
 
-    fn fold_chunk(&mut self, up: &mut Upload, offset: u64, payload: &[u8]) -> Result<bool, UploadError> {
+    fn fold_chunk(
+        &mut self,
+        up: &mut Upload,
+        offset: u64,
+        payload: &[u8],
+    ) -> Result<bool, UploadError> {
         if offset != up.buf.len() as u64 || up.buf.len() as u64 + payload.len() as u64 > up.total {
             return Err(UploadError::OutOfSequence {
                 got: offset,
@@ -236,7 +261,8 @@ impl StreamingAggregator {
         while up.folded < complete {
             let n = (complete - up.folded).min(BLOCK);
             let start = up.folded;
-            self.base.read_values(&self.base_file, start, &mut self.scratch, n)?;
+            self.base
+                .read_values(&self.base_file, start, &mut self.scratch, n)?;
             let raw = &up.buf[header + start * 4..header + (start + n) * 4];
             for (j, (b, base)) in raw.chunks_exact(4).zip(&self.scratch).enumerate() {
                 let v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
@@ -341,7 +367,9 @@ impl StreamingAggregator {
             file.write_all(&block)?;
             hasher.update(&block);
         }
-        let file = file.into_inner().map_err(|e| UploadError::Io(e.to_string()))?;
+        let file = file
+            .into_inner()
+            .map_err(|e| UploadError::Io(e.to_string()))?;
         file.sync_all()?;
         let digest = *hasher.finalize().as_bytes();
         let path = dir.join(format!("{}.bin", hex::encode(digest)));
@@ -364,14 +392,24 @@ mod tests {
     }
 
     fn encode(values: &[f32]) -> Vec<u8> {
-        ParamSet::new(vec![TensorSpec::new("w", vec![values.len()])], values.to_vec())
-            .unwrap()
-            .to_bytes()
+        ParamSet::new(
+            vec![TensorSpec::new("w", vec![values.len()])],
+            values.to_vec(),
+        )
+        .unwrap()
+        .to_bytes()
     }
 
-    fn upload(agg: &mut StreamingAggregator, who: &str, bytes: &[u8], weight: u64, chunk: usize) -> Result<(), String> {
+    fn upload(
+        agg: &mut StreamingAggregator,
+        who: &str,
+        bytes: &[u8],
+        weight: u64,
+        chunk: usize,
+    ) -> Result<(), String> {
         let digest = *blake3::hash(bytes).as_bytes();
-        agg.begin(who, bytes.len() as u64, digest, weight).map_err(|e| e.to_string())?;
+        agg.begin(who, bytes.len() as u64, digest, weight)
+            .map_err(|e| e.to_string())?;
         let mut off = 0;
         for c in bytes.chunks(chunk.max(1)) {
             agg.chunk(who, off as u64, c).map_err(|e| e.to_string())?;
@@ -458,7 +496,10 @@ mod tests {
         let mut agg = StreamingAggregator::new(base, 1, 1e9).unwrap();
         agg.begin("a", len, [0; 32], 1).unwrap();
         assert_eq!(agg.begin("b", len, [0; 32], 1), Err(UploadError::Busy(1)));
-        assert!(matches!(agg.begin("c", len + 4, [0; 32], 1), Err(UploadError::Size { .. })));
+        assert!(matches!(
+            agg.begin("c", len + 4, [0; 32], 1),
+            Err(UploadError::Size { .. })
+        ));
         agg.abort("a");
         upload(&mut agg, "b", &encode(&[2.0; 10]), 1, 7).unwrap();
         upload(&mut agg, "c", &encode(&[4.0; 10]), 3, 64).unwrap();

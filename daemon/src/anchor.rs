@@ -2,6 +2,7 @@
 //! validates and folds updates into a streaming FedAvg, commits global versions to RocksDB,
 //! evaluates them on a held-out set, and reports rounds to MLflow and OpenTelemetry.
 
+use crate::aggregator::{BaseModel, StreamingAggregator, UploadError};
 use crate::config::NodeConfig;
 use crate::mlflow::{MlflowBridge, MlflowConfig};
 use crate::net::{Net, NetEvent};
@@ -12,13 +13,13 @@ use crate::workload::WorkloadKind;
 use anyhow::{Context, Result, bail};
 use libp2p::PeerId;
 use libp2p::request_response::ResponseChannel;
-use model::{ModelSpec, ParamSet, StreamingFedAvg};
+use model::{ModelSpec, ParamSet};
 use netproto::core::{Anchor, AnchorDurable, Event, Output};
 use netproto::wire::{
     DataRequest, DataResponse, Digest, Frame, MAX_CHUNK, Message, NodeId, UpdateHeader, digest_of,
     short_hex,
 };
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, watch};
@@ -30,11 +31,11 @@ use tracing::{debug, info, warn};
 /// last round's evaluation metrics reach MLflow before the run is finished.
 const EVAL_DRAIN: Duration = Duration::from_secs(5);
 
-/// An update whose chunks are arriving.
-struct Incoming {
-    header: UpdateHeader,
-    buf: Vec<u8>,
-}
+/// Memory the anchor may spend on buffered uploads (beyond the running sum), which
+/// bounds the number of concurrent uploads: see [`StreamingAggregator::slots_for`].
+const UPLOAD_BUDGET: u64 = 48 << 20;
+/// How long an edge waits before asking again for an upload slot.
+const BUSY_RETRY_MS: u32 = 20;
 
 /// The edges' evaluations of one committed version, gathered until they are logged.
 ///
@@ -55,7 +56,7 @@ struct EdgeEvals {
 struct OpenRound {
     round: u64,
     participants: usize,
-    agg: StreamingFedAvg,
+    agg: StreamingAggregator,
     opened_ms: u64,
     trace: Option<String>,
     span: Option<NodeSpan>,
@@ -70,10 +71,11 @@ pub struct AnchorNode {
     store: AnchorStore,
     clock: Clock,
     spec: ModelSpec,
-    model: Arc<ParamSet>,
-    model_bytes: Arc<Vec<u8>>,
+    /// The current global model, on disk (content-addressed file).
+    global: BaseModel,
+    /// Directory of the content-addressed model files.
+    models_dir: std::path::PathBuf,
     open: Option<OpenRound>,
-    incoming: HashMap<PeerId, Incoming>,
     /// Trace context of the latest proposal: the coordinator's round span.
     proposal_trace: Option<String>,
     holdout: Option<Arc<Vec<model::Trajectory>>>,
@@ -102,6 +104,9 @@ impl AnchorNode {
     /// Opens the store, restoring the last committed version (or creating the genesis model).
     pub fn open(cfg: NodeConfig, net: Net, status_tx: watch::Sender<NodeStatus>) -> Result<Self> {
         let store = AnchorStore::open(&cfg.data_dir.join("db"))?;
+        let models_dir = cfg.data_dir.join("models");
+        std::fs::create_dir_all(&models_dir)
+            .with_context(|| format!("creating {}", models_dir.display()))?;
         let spec = cfg.model.spec();
         let clock = Clock::new();
         let durable = match store.durable()? {
@@ -115,7 +120,7 @@ impl AnchorNode {
                 let bytes = genesis.to_bytes();
                 let digest = digest_of(&bytes);
                 let durable = AnchorDurable::genesis(digest);
-                store.put_model(&digest, &bytes)?;
+                write_model_file(&models_dir, &digest, &bytes)?;
                 store.put_durable(&postcard::to_allocvec(&durable)?)?;
                 info!(
                     digest = short_hex(&digest),
@@ -124,15 +129,21 @@ impl AnchorNode {
                 durable
             }
         };
-        let model_bytes = store.model(&durable.digest)?.with_context(|| {
-            format!(
-                "global model {} missing from the store",
-                short_hex(&durable.digest)
-            )
-        })?;
-        let model = ParamSet::from_bytes(&model_bytes).context("stored global model is corrupt")?;
-        if cfg.model.kind == WorkloadKind::Rul && model.specs() != spec.param_specs()?.as_slice() {
-            bail!("the stored global model does not match the configured model architecture");
+        let path = model_path(&models_dir, &durable.digest);
+        if !path.exists() {
+            // Stores written before models moved to files keep them in RocksDB.
+            let bytes = store.model(&durable.digest)?.with_context(|| {
+                format!("global model {} is missing", short_hex(&durable.digest))
+            })?;
+            write_model_file(&models_dir, &durable.digest, &bytes)?;
+        }
+        let global = BaseModel::open(&path).context("the stored global model is corrupt")?;
+        if cfg.model.kind == WorkloadKind::Rul {
+            let specs = spec.param_specs()?;
+            let expected: usize = specs.iter().filter_map(model::TensorSpec::numel).sum();
+            if expected != global.values {
+                bail!("the stored global model does not match the configured model architecture");
+            }
         }
         info!(
             version = durable.version,
@@ -182,10 +193,9 @@ impl AnchorNode {
             store,
             clock,
             spec,
-            model: Arc::new(model),
-            model_bytes: Arc::new(model_bytes),
+            global,
+            models_dir,
             open: None,
-            incoming: HashMap::new(),
             proposal_trace: None,
             holdout,
             eval_tx,
@@ -212,7 +222,7 @@ impl AnchorNode {
             ),
             ("model.window".into(), self.spec.window.to_string()),
             ("model.features".into(), self.spec.features.to_string()),
-            ("model.params".into(), self.model.len().to_string()),
+            ("model.params".into(), self.global.values.to_string()),
             (
                 "criterion.min_failures".into(),
                 p.criterion.min_failures.to_string(),
@@ -258,8 +268,10 @@ impl AnchorNode {
             }
         };
         self.drain_evaluations().await;
-        self.mlflow
-            .log_artifact("global_model.bin", self.model_bytes.as_ref().clone());
+        match std::fs::read(&self.global.path) {
+            Ok(bytes) => self.mlflow.log_artifact("global_model.bin", bytes),
+            Err(e) => warn!("reading the global model for MLflow: {e}"),
+        }
         self.mlflow
             .finish(if result.is_ok() { "FINISHED" } else { "FAILED" });
         let summary = tokio::time::timeout(Duration::from_secs(15), &mut self.mlflow_task).await;
@@ -385,12 +397,14 @@ impl AnchorNode {
                 max_len,
             } => self.serve_model(digest, offset, max_len),
             DataRequest::PushUpdate(header) => {
-                let (received, accepted, error) = self.on_update_chunk(peer, header, frame.payload);
+                let (received, accepted, error, retry_after_ms) =
+                    self.on_update_chunk(peer, header, frame.payload);
                 Frame {
                     header: DataResponse::UpdateAck {
                         received,
                         accepted,
                         error,
+                        retry_after_ms,
                     },
                     payload: vec![],
                 }
@@ -400,137 +414,132 @@ impl AnchorNode {
     }
 
     fn serve_model(&self, digest: Digest, offset: u64, max_len: u32) -> Frame<DataResponse> {
-        let bytes = if digest == self.core.durable().digest {
-            Some(self.model_bytes.clone())
-        } else {
-            self.store.model(&digest).ok().flatten().map(Arc::new)
-        };
         let not_found = Frame {
             header: DataResponse::NotFound,
             payload: vec![],
         };
-        let Some(bytes) = bytes else {
+        // Served straight from the content-addressed file: no copy of the model in memory.
+        let Ok(file) = std::fs::File::open(model_path(&self.models_dir, &digest)) else {
             return not_found;
         };
-        let Ok(start) = usize::try_from(offset) else {
+        let Ok(total) = file.metadata().map(|m| m.len()) else {
             return not_found;
         };
-        if start > bytes.len() {
+        if offset > total {
             return not_found;
         }
-        let end = bytes.len().min(start + (max_len as usize).min(MAX_CHUNK));
+        let n = (total - offset)
+            .min(u64::from(max_len))
+            .min(MAX_CHUNK as u64) as usize;
+        let mut payload = vec![0u8; n];
+        if std::os::unix::fs::FileExt::read_exact_at(&file, &mut payload, offset).is_err() {
+            return not_found;
+        }
         Frame {
             header: DataResponse::ModelChunk {
                 digest,
-                total_len: bytes.len() as u64,
+                total_len: total,
                 offset,
             },
-            payload: bytes[start..end].to_vec(),
+            payload,
         }
     }
 
-    /// Buffers one chunk; returns (bytes received, accepted, error).
+    /// Handles one frame of an update push: an empty frame at offset 0 reserves an upload
+    /// slot (or is told to retry), data frames are validated and folded into the running
+    /// sum as they arrive. Returns (bytes received, accepted, error, retry after ms).
     fn on_update_chunk(
         &mut self,
         peer: PeerId,
         h: UpdateHeader,
         payload: Vec<u8>,
-    ) -> (u64, bool, String) {
+    ) -> (u64, bool, String, u32) {
         let from = NodeId(peer.to_string());
-        if h.offset == 0 {
-            if let Err(reject) = self.core.check_update(&from, h.round, h.term) {
-                let now = self.now();
+        let now = self.now();
+        if let Err(reject) = self.core.check_update(&from, h.round, h.term) {
+            if h.offset == 0 && payload.is_empty() {
                 // Goes through the core so the refusal is counted and logged.
                 let _ =
                     self.core
                         .handle_update(now, &from, h.round, h.term, h.samples, h.train_loss);
-                return (0, false, reject.to_string());
             }
-            if h.total_len != self.model_bytes.len() as u64 {
-                let reason = format!(
-                    "update of {} bytes, the global model has {}",
-                    h.total_len,
-                    self.model_bytes.len()
-                );
+            if let Some(open) = self.open.as_mut() {
+                open.agg.abort(from.as_str());
+            }
+            return (0, false, reject.to_string(), 0);
+        }
+        let Some(open) = self.open.as_mut().filter(|o| o.round == h.round) else {
+            return (0, false, "no round is being collected".into(), 0);
+        };
+        if h.samples == 0 || !h.train_loss.is_finite() {
+            let reason = "update claims no samples or a non-finite loss".to_owned();
+            open.agg.abort(from.as_str());
+            self.core
+                .handle_invalid_update(&from, h.round, reason.clone());
+            return (0, false, reason, 0);
+        }
+        if h.offset == 0 && payload.is_empty() {
+            return match open
+                .agg
+                .begin(from.as_str(), h.total_len, h.payload_digest, h.samples)
+            {
+                Ok(()) => (0, false, String::new(), 0),
+                Err(UploadError::Busy(_)) => (0, false, String::new(), BUSY_RETRY_MS),
+                Err(e) => {
+                    self.core
+                        .handle_invalid_update(&from, h.round, e.to_string());
+                    (0, false, e.to_string(), 0)
+                }
+            };
+        }
+        open.bytes_in += payload.len() as u64;
+        let received = h.offset + payload.len() as u64;
+        match open.agg.chunk(from.as_str(), h.offset, &payload) {
+            Ok(false) => (received, false, String::new(), 0),
+            Ok(true) => match self.finish_update(&from, &h) {
+                Ok(()) => (received, true, String::new(), 0),
+                Err(e) => (received, false, e, 0),
+            },
+            Err(e) => {
                 self.core
-                    .handle_invalid_update(&from, h.round, reason.clone());
-                return (0, false, reason);
+                    .handle_invalid_update(&from, h.round, e.to_string());
+                (received, false, e.to_string(), 0)
             }
-            self.incoming.insert(
-                peer,
-                Incoming {
-                    buf: Vec::with_capacity(self.model_bytes.len()),
-                    header: h.clone(),
-                },
-            );
-        }
-        let Some(inc) = self.incoming.get_mut(&peer) else {
-            return (0, false, "no update in progress from this peer".into());
-        };
-        let consistent = inc.header.round == h.round
-            && inc.header.term == h.term
-            && h.offset == inc.buf.len() as u64
-            && inc.buf.len() + payload.len() <= inc.header.total_len as usize;
-        if !consistent {
-            self.incoming.remove(&peer);
-            return (0, false, "chunk out of sequence".into());
-        }
-        inc.buf.extend_from_slice(&payload);
-        if let Some(open) = self.open.as_mut() {
-            open.bytes_in += payload.len() as u64;
-        }
-        let received = inc.buf.len() as u64;
-        if received < inc.header.total_len {
-            return (received, false, String::new());
-        }
-        let Some(inc) = self.incoming.remove(&peer) else {
-            return (received, false, "lost update".into());
-        };
-        match self.finish_update(&from, inc) {
-            Ok(()) => (received, true, String::new()),
-            Err(e) => (received, false, e),
         }
     }
 
-    fn finish_update(&mut self, from: &NodeId, inc: Incoming) -> Result<(), String> {
-        let h = inc.header;
+    /// The last chunk arrived: checks digest and norm, asks the core to admit the update,
+    /// and keeps it in the sum or rolls it back.
+    fn finish_update(&mut self, from: &NodeId, h: &UpdateHeader) -> Result<(), String> {
         let parent = self.open.as_ref().and_then(|o| o.trace.clone());
         let mut span = self.tracer.start_span(
             "anchor.validate",
             parent.as_deref(),
             vec![("round", h.round.to_string()), ("edge", from.to_string())],
         );
-        let checked = (|| {
-            if digest_of(&inc.buf) != h.payload_digest {
-                return Err("payload digest mismatch".to_owned());
-            }
-            let update = ParamSet::from_bytes(&inc.buf).map_err(|e| e.to_string())?;
-            model::validate_update(&self.model, &update, self.cfg.model.max_update_norm)
-                .map_err(|e| e.to_string())?;
-            if h.samples == 0 || !h.train_loss.is_finite() {
-                return Err("update claims no samples or a non-finite loss".to_owned());
-            }
-            Ok(update)
-        })();
-        let update = match checked {
-            Ok(u) => u,
+        let now = self.now();
+        let core = &mut self.core;
+        let Some(open) = self.open.as_mut() else {
+            return Err("no round is being collected".into());
+        };
+        let mut fenced = false;
+        let result = open.agg.finish(from.as_str(), || {
+            fenced = true;
+            core.handle_update(now, from, h.round, h.term, h.samples, h.train_loss)
+                .map_err(|r| r.to_string())
+        });
+        match &result {
+            Ok(()) => span.set_attr("accepted", "true".into()),
             Err(reason) => {
                 span.set_attr("rejected", reason.clone());
-                self.core
-                    .handle_invalid_update(from, h.round, reason.clone());
-                return Err(reason);
+                if !fenced {
+                    // Content failures are counted here; the core counted fencing refusals.
+                    self.core
+                        .handle_invalid_update(from, h.round, reason.clone());
+                }
             }
-        };
-        let now = self.now();
-        self.core
-            .handle_update(now, from, h.round, h.term, h.samples, h.train_loss)
-            .map_err(|r| r.to_string())?;
-        let open = self.open.as_mut().ok_or("no round is being collected")?;
-        open.agg
-            .add(&update, h.samples)
-            .map_err(|e| format!("aggregation: {e}"))?;
-        span.set_attr("accepted", "true".into());
-        Ok(())
+        }
+        result
     }
 
     fn drain(&mut self) -> Result<()> {
@@ -556,7 +565,6 @@ impl AnchorNode {
                     if self.open.as_ref().is_some_and(|o| o.round == round) {
                         self.open = None;
                     }
-                    self.incoming.clear();
                 }
                 Output::Event(ev) => self.on_event(ev)?,
                 Output::Train(_)
@@ -596,8 +604,9 @@ impl AnchorNode {
                 ("updates", included.to_string()),
             ],
         );
-        let params = match open.agg.finish() {
-            Ok(p) => p,
+        // The mean goes straight from the running sum to its content-addressed file.
+        let (digest, path, len) = match open.agg.write_mean(&self.models_dir) {
+            Ok(r) => r,
             Err(e) => {
                 span.set_attr("error", e.to_string());
                 self.core.handle_aggregation_failed(round, e.to_string());
@@ -613,8 +622,6 @@ impl AnchorNode {
                 ("version", version.to_string()),
             ],
         );
-        let bytes = params.to_bytes();
-        let digest = digest_of(&bytes);
         let now = self.now();
         let rejected = self.core.rejected_in_round();
         let durable = match self.core.handle_committed(now, round, digest) {
@@ -635,14 +642,19 @@ impl AnchorNode {
             train_loss: f32::NAN,
             eval_rmse: None,
         };
-        // The model, its version record and the new durable state land in one atomic
-        // batch: a crash leaves either the old or the new version, never a mix.
+        // The model file is already durable (fsynced, renamed); the version record and the
+        // new durable state land in one atomic batch: a crash leaves either the old or the
+        // new version, never a mix (at worst an unreferenced model file).
         self.store
-            .commit_version(&rec, &bytes, &postcard::to_allocvec(&durable)?)
+            .commit_version_record(&rec, &postcard::to_allocvec(&durable)?)
             .context("committing the global model")?;
         drop(commit_span);
-        self.model = Arc::new(params);
-        self.model_bytes = Arc::new(bytes);
+        self.global = BaseModel {
+            path,
+            len,
+            header: self.global.header.clone(),
+            values: self.global.values,
+        };
         self.version_round.insert(version, round);
         while self.version_round.len() > 64 {
             self.version_round.pop_first();
@@ -675,7 +687,7 @@ impl AnchorNode {
             return;
         };
         let spec = self.spec.clone();
-        let params = self.model.clone();
+        let path = self.global.path.clone();
         let tx = self.eval_tx.clone();
         let span = self.tracer.start_span(
             "anchor.evaluate",
@@ -700,9 +712,14 @@ impl AnchorNode {
                     ..model::WindowConfig::default()
                 },
             );
-            let r = model::evaluate(&spec, &params, &data)
-                .map(|m| m.rmse)
-                .map_err(|e| e.to_string());
+            let r = std::fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|b| ParamSet::from_bytes(&b).map_err(|e| e.to_string()))
+                .and_then(|params| {
+                    model::evaluate(&spec, &params, &data)
+                        .map(|m| m.rmse)
+                        .map_err(|e| e.to_string())
+                });
             drop(span);
             let _ = tx.blocking_send((version, round, r));
         });
@@ -759,13 +776,17 @@ impl AnchorNode {
                 self.open = Some(OpenRound {
                     round: plan.round,
                     participants: plan.participants.len(),
-                    agg: StreamingFedAvg::new(self.model.specs().to_vec()),
+                    agg: StreamingAggregator::new(
+                        self.global.clone(),
+                        StreamingAggregator::slots_for(self.global.len, UPLOAD_BUDGET),
+                        self.cfg.model.max_update_norm,
+                    )
+                    .context("preparing the round's aggregate")?,
                     opened_ms: now,
                     trace,
                     span: Some(span),
                     bytes_in: 0,
                 });
-                self.incoming.clear();
             }
             Event::RoundCommitted(c) => {
                 info!(
@@ -892,4 +913,21 @@ impl AnchorNode {
         }
         Ok(())
     }
+}
+
+/// The file of the model with `digest` in `dir`.
+pub fn model_path(dir: &std::path::Path, digest: &Digest) -> std::path::PathBuf {
+    dir.join(format!("{}.bin", hex::encode(digest)))
+}
+
+/// Writes a model file durably: temp file, fsync, rename.
+fn write_model_file(dir: &std::path::Path, digest: &Digest, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let tmp = dir.join(format!("{}.tmp", hex::encode(digest)));
+    let mut f =
+        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, model_path(dir, digest))?;
+    Ok(())
 }

@@ -81,6 +81,12 @@ struct Push {
     loss: f32,
     attempts: u32,
     span: Option<NodeSpan>,
+    /// BLAKE3 of the whole update, sent with every chunk.
+    digest: Digest,
+    /// Whether the anchor granted an upload slot.
+    begun: bool,
+    /// The anchor was busy: ask for a slot again at this time.
+    retry_at: Option<tokio::time::Instant>,
 }
 
 /// A trained update waiting for the core's go-ahead to push.
@@ -282,7 +288,8 @@ impl EdgeNode {
                 Some((version, samples, r)) = self.eval_rx.recv() => self.on_eval(version, samples, r),
                 _ = kad_tick.tick() => self.net.kad_bootstrap(),
                 _ = anchor_tick.tick() => self.net.ensure_connected(self.anchor, &anchor_addr),
-                _ = retry_tick.tick(), if self.fetches.values().any(|f| f.retry_at.is_some()) => {
+                _ = retry_tick.tick(), if self.fetches.values().any(|f| f.retry_at.is_some())
+                    || self.push.as_ref().is_some_and(|p| p.retry_at.is_some()) => {
                     self.retry_fetches();
                 }
             }
@@ -365,6 +372,7 @@ impl EdgeNode {
                 header: DataResponse::UpdateAck {
                     received: 0,
                     accepted: false,
+                    retry_after_ms: 0,
                     error: "edges do not aggregate".into(),
                 },
                 payload: vec![],
@@ -524,6 +532,12 @@ impl EdgeNode {
 
     fn retry_fetches(&mut self) {
         let now = tokio::time::Instant::now();
+        if let Some(p) = self.push.as_mut()
+            && p.retry_at.is_some_and(|t| now >= t)
+        {
+            p.retry_at = None;
+            self.send_push_chunk();
+        }
         let due: Vec<Digest> = self
             .fetches
             .iter_mut()
@@ -671,7 +685,12 @@ impl EdgeNode {
         let Some(p) = &self.push else {
             return;
         };
-        let end = p.bytes.len().min(p.offset + MAX_CHUNK);
+        // Before the slot is granted the frame carries no payload.
+        let end = if p.begun {
+            p.bytes.len().min(p.offset + MAX_CHUNK)
+        } else {
+            p.offset
+        };
         let frame = Frame {
             header: DataRequest::PushUpdate(UpdateHeader {
                 round: p.round,
@@ -680,7 +699,7 @@ impl EdgeNode {
                 train_loss: p.loss,
                 total_len: p.bytes.len() as u64,
                 offset: p.offset as u64,
-                payload_digest: digest_of(&p.bytes),
+                payload_digest: p.digest,
                 trace: p.span.as_ref().map(NodeSpan::traceparent),
             }),
             payload: p.bytes[p.offset..end].to_vec(),
@@ -702,16 +721,23 @@ impl EdgeNode {
                         received,
                         accepted,
                         error,
+                        retry_after_ms,
                     },
                 ..
             }) => {
-                if !error.is_empty() {
+                if retry_after_ms > 0 {
+                    p.retry_at = Some(
+                        tokio::time::Instant::now()
+                            + Duration::from_millis(u64::from(retry_after_ms)),
+                    );
+                } else if !error.is_empty() {
                     warn!(round, "anchor refused the update: {error}");
                     self.push = None;
                 } else if accepted {
                     info!(round, bytes = received, "update accepted by the anchor");
                     self.push = None;
                 } else {
+                    p.begun = true;
                     p.offset = received as usize;
                     self.send_push_chunk();
                 }
@@ -726,6 +752,7 @@ impl EdgeNode {
                     warn!(round, "update push failed ({e}); retrying");
                     // A restarted transfer starts over: the anchor drops partial uploads.
                     p.offset = 0;
+                    p.begun = false;
                     self.send_push_chunk();
                 } else {
                     warn!(round, "update push failed: {e}");
@@ -839,12 +866,15 @@ impl EdgeNode {
                         self.push = Some(Push {
                             round,
                             term,
+                            digest: digest_of(&t.bytes),
                             bytes: t.bytes,
                             offset: 0,
                             samples: t.samples,
                             loss: t.loss,
                             attempts: 0,
                             span: Some(span),
+                            begun: false,
+                            retry_at: None,
                         });
                         self.send_push_chunk();
                     }

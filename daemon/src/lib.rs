@@ -7,6 +7,7 @@
 //! - [`anchor`] and [`edge`] are the two role drivers; [`net`] is the swarm; [`store`] is
 //!   RocksDB; [`mlflow`] and [`telemetry`] are observability.
 
+pub mod aggregator;
 pub mod anchor;
 pub mod config;
 pub mod demo;
@@ -17,4 +18,3 @@ pub mod node;
 pub mod store;
 pub mod telemetry;
 pub mod workload;
-pub mod aggregator;

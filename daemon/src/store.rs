@@ -237,6 +237,27 @@ impl AnchorStore {
         Ok(())
     }
 
+    /// Commits a global model version whose model bytes live elsewhere (the anchor keeps
+    /// models as content-addressed files, written durably before this call): the version
+    /// record and the durable protocol state in one atomic, synced write batch.
+    pub fn commit_version_record(
+        &self,
+        rec: &VersionRecord,
+        durable_state: &[u8],
+    ) -> Result<(), StoreError> {
+        if let Some(existing) = self.version(rec.version)?
+            && existing != *rec
+        {
+            return Err(StoreError::VersionConflict(rec.version));
+        }
+        let value = encode(CF_VERSIONS, rec)?;
+        let mut batch = WriteBatch::default();
+        batch.put_cf(cf(&self.db, CF_VERSIONS)?, rec.version.to_be_bytes(), value);
+        batch.put_cf(cf(&self.db, CF_META)?, META_DURABLE, durable_state);
+        self.db.write_opt(batch, &synced())?;
+        Ok(())
+    }
+
     /// Stores the protocol core's durable state (term, vote, ...) with a synced write.
     pub fn put_durable(&self, durable_state: &[u8]) -> Result<(), StoreError> {
         self.db.put_cf_opt(

@@ -443,7 +443,8 @@ pub enum DataRequest {
         /// Most bytes wanted (capped at [`MAX_CHUNK`]).
         max_len: u32,
     },
-    /// One chunk of an edge's update for a round; the payload follows the header.
+    /// One chunk of an edge's update for a round; the payload follows the header. The
+    /// first frame of an upload has offset 0 and no payload: it reserves an upload slot.
     PushUpdate(UpdateHeader),
 }
 
@@ -490,6 +491,8 @@ pub enum DataResponse {
         accepted: bool,
         /// Empty when fine; otherwise why it was refused (the push stops).
         error: String,
+        /// Non-zero: every upload slot is taken; ask again after this many milliseconds.
+        retry_after_ms: u32,
     },
 }
 

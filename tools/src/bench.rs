@@ -201,9 +201,10 @@ pub fn rounds(opts: RoundsOptions) -> Result<()> {
     let latest = store
         .latest_version()?
         .ok_or_else(|| anyhow::anyhow!("the anchor committed nothing"))?;
-    let bytes = store
-        .model(&latest.digest)?
-        .ok_or_else(|| anyhow::anyhow!("model of version {} missing", latest.version))?;
+    let bytes = std::fs::read(fedd::anchor::model_path(
+        &anchor_dir.join("models"),
+        &latest.digest,
+    ))?;
     let global = model::ParamSet::from_bytes(&bytes)?;
     let seeds: Vec<u64> = (1..=opts.edges as u64).collect();
     let mut expected = fedd::workload::bench_genesis(opts.params).values().to_vec();

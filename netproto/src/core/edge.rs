@@ -216,7 +216,10 @@ impl Edge {
         }
         // Campaigning starts only once the anchor was heard (see `tick_campaign`); before
         // that the retry time lies in the past and would make the driver spin.
-        if self.coord.is_none() && self.claim_at.is_none() && self.anchor_heard && self.is_eligible()
+        if self.coord.is_none()
+            && self.claim_at.is_none()
+            && self.anchor_heard
+            && self.is_eligible()
         {
             t = t.min(self.claim_retry_at.max(self.lease_until));
         }
@@ -276,38 +279,39 @@ impl Edge {
             self.claim_at = None;
             return;
         }
-        match self.claim_at {
-            None if now >= self.claim_retry_at => {
-                // Rank among live eligible edges by a per-term hash: staggered claims make
-                // collisions rare, and the order rotates from term to term.
-                let next = self.term + 1;
-                let key = |id: &NodeId| {
-                    let mut h = blake3::Hasher::new();
-                    h.update(&next.to_le_bytes());
-                    h.update(id.as_str().as_bytes());
-                    *h.finalize().as_bytes()
-                };
-                let mine = key(&self.id);
-                let rank = self
-                    .eligible_live_members(now)
-                    .iter()
-                    .filter(|id| **id != self.id && key(id) < mine)
-                    .count() as u64;
-                let jitter = self.rng.below(self.cfg.election_stagger_ms / 2 + 1);
-                self.claim_at = Some(now + rank * self.cfg.election_stagger_ms + jitter);
-            }
-            Some(at) if now >= at => {
-                self.claim_at = None;
-                self.claim_retry_at = now + self.cfg.lease_ms;
-                let term = self.term + 1;
-                self.outputs
-                    .push_back(Output::Event(Event::Campaigning { term }));
-                self.outputs.push_back(Output::Send {
-                    to: self.anchor.clone(),
-                    message: Message::Claim { term },
-                });
-            }
-            _ => {}
+        if self.claim_at.is_none() && now >= self.claim_retry_at {
+            // Rank among live eligible edges by a per-term hash: staggered claims make
+            // collisions rare, and the order rotates from term to term.
+            let next = self.term + 1;
+            let key = |id: &NodeId| {
+                let mut h = blake3::Hasher::new();
+                h.update(&next.to_le_bytes());
+                h.update(id.as_str().as_bytes());
+                *h.finalize().as_bytes()
+            };
+            let mine = key(&self.id);
+            let rank = self
+                .eligible_live_members(now)
+                .iter()
+                .filter(|id| **id != self.id && key(id) < mine)
+                .count() as u64;
+            let jitter = self.rng.below(self.cfg.election_stagger_ms / 2 + 1);
+            self.claim_at = Some(now + rank * self.cfg.election_stagger_ms + jitter);
+        }
+        // Checked right after scheduling too: a claim due now (rank 0, no jitter) is sent
+        // now rather than left as a timeout in the past.
+        if let Some(at) = self.claim_at
+            && now >= at
+        {
+            self.claim_at = None;
+            self.claim_retry_at = now + self.cfg.lease_ms;
+            let term = self.term + 1;
+            self.outputs
+                .push_back(Output::Event(Event::Campaigning { term }));
+            self.outputs.push_back(Output::Send {
+                to: self.anchor.clone(),
+                message: Message::Claim { term },
+            });
         }
     }
 

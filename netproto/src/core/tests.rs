@@ -70,6 +70,12 @@ impl Harness {
         for (i, e) in self.edges.iter_mut().enumerate() {
             if !self.down[i] {
                 e.handle_timeout(now);
+                // A timeout still due right after `handle_timeout` makes a driver spin.
+                assert!(
+                    e.poll_timeout() > now,
+                    "{} asks for a timeout in the past",
+                    e.id()
+                );
             }
         }
         // Drain until quiescent.
@@ -395,4 +401,35 @@ fn quorum_rounds_up() {
     assert_eq!(quorum(4, 0.5), 2);
     assert_eq!(quorum(1, 0.1), 1);
     assert_eq!(quorum(5, 1.0), 5);
+}
+
+/// Regression (simnet, default scenario, seed 1): after `handle_timeout` an edge's
+/// `poll_timeout` lay in the past before it heard the anchor (campaign retry) and while its
+/// round ran (the coordinator's proposal gap), so a driver that sleeps until
+/// `poll_timeout` spun at 100% CPU.
+#[test]
+fn timers_never_ask_for_the_past_after_handle_timeout() {
+    let c = cfg();
+    // An edge that has not heard the anchor yet.
+    let mut e = Edge::new(
+        c.clone(),
+        NodeId::new("lonely"),
+        NodeId::new(ANCHOR),
+        rich(),
+        None,
+        1,
+        0,
+    );
+    for now in [0, 10, 5_000, 60_000] {
+        e.handle_timeout(now);
+        while e.poll_output().is_some() {}
+        assert!(
+            e.poll_timeout() > now,
+            "edge asks for {} at {now}",
+            e.poll_timeout()
+        );
+    }
+    // A federation running rounds: `Harness::step` asserts it for every edge at every step.
+    let mut h = Harness::new(&[rich(), rich(), rich()], c);
+    assert!(h.run_until(60_000, |h| h.commits.len() >= 3));
 }
