@@ -101,7 +101,7 @@ impl Default for HoldoutSection {
     fn default() -> Self {
         Self {
             machines: 12,
-            seed: 0x5eed_0f_401d,
+            seed: 0x05ee_d0f4_01d0,
         }
     }
 }
@@ -243,7 +243,7 @@ impl NodeConfig {
         if !(0.0..1.0).contains(&self.data.validation_fraction) {
             return bad("data.validation_fraction must be within 0..1");
         }
-        if !(self.model.max_update_norm > 0.0) {
+        if self.model.max_update_norm.is_nan() || self.model.max_update_norm <= 0.0 {
             return bad("model.max_update_norm must be positive");
         }
         self.model

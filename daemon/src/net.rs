@@ -203,16 +203,15 @@ impl Net {
     /// Gossips a control message to the federation.
     pub fn broadcast(&mut self, msg: Message, trace: Option<String>) {
         let kind = msg.kind();
-        if let Some(bytes) = self.envelope(msg, trace) {
-            if let Err(e) = self
+        if let Some(bytes) = self.envelope(msg, trace)
+            && let Err(e) = self
                 .swarm
                 .behaviour_mut()
                 .gossipsub
                 .publish(self.topic.clone(), bytes)
-            {
-                // No subscribed peer yet: heartbeats repeat, so losing one is fine.
-                debug!("gossip of {kind} not sent: {e}");
-            }
+        {
+            // No subscribed peer yet: heartbeats repeat, so losing one is fine.
+            debug!("gossip of {kind} not sent: {e}");
         }
     }
 

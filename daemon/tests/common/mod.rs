@@ -1,7 +1,7 @@
 //! Helpers of the multi-process tests: start `fedd` processes on 127.0.0.1 with their own
 //! data directories and read their `status.json`.
 
-#![allow(dead_code, missing_docs)]
+#![allow(dead_code, missing_docs, clippy::expect_used, clippy::unwrap_used)]
 
 use fedd::node::{NodeStatus, read_status};
 use std::path::{Path, PathBuf};

@@ -180,7 +180,7 @@ fn edges_below_the_criterion_are_never_selected() {
 #[test]
 fn coordinator_failover_raises_the_term() {
     let mut h = Harness::new(&[rich(), rich(), rich()], cfg());
-    assert!(h.run_until(60_000, |h| h.commits.len() >= 1));
+    assert!(h.run_until(60_000, |h| !h.commits.is_empty()));
     let first = h
         .edges
         .iter()
