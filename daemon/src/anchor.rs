@@ -75,6 +75,8 @@ pub struct AnchorNode {
     global: BaseModel,
     /// Directory of the content-addressed model files.
     models_dir: std::path::PathBuf,
+    /// The genesis model, to evaluate once the scaler is fixed (new federations only).
+    genesis: Option<std::path::PathBuf>,
     open: Option<OpenRound>,
     /// Trace context of the latest proposal: the coordinator's round span.
     proposal_trace: Option<String>,
@@ -152,6 +154,7 @@ impl AnchorNode {
             "anchor state restored"
         );
         let me = net.me().clone();
+        let genesis = (durable.version == 0).then(|| global.path.clone());
         let core = Anchor::new(cfg.protocol.clone(), me.clone(), durable, clock.now());
         let holdout =
             (cfg.holdout.machines > 0 && cfg.model.kind == WorkloadKind::Rul).then(|| {
@@ -193,6 +196,7 @@ impl AnchorNode {
             store,
             clock,
             spec,
+            genesis,
             global,
             models_dir,
             open: None,
@@ -676,18 +680,28 @@ impl AnchorNode {
         if self.status.rounds.len() > MAX_STATUS_ROUNDS {
             self.status.rounds.remove(0);
         }
-        self.spawn_eval(version, round, open.trace.as_deref());
+        if let Some(genesis) = self.genesis.take() {
+            // The baseline of the learning curve: the untrained model, same scaler.
+            self.spawn_eval(0, 0, genesis, None);
+        }
+        let path = self.global.path.clone();
+        self.spawn_eval(version, round, path, open.trace.as_deref());
         Ok(())
     }
 
-    fn spawn_eval(&mut self, version: u64, round: u64, trace: Option<&str>) {
+    fn spawn_eval(
+        &mut self,
+        version: u64,
+        round: u64,
+        path: std::path::PathBuf,
+        trace: Option<&str>,
+    ) {
         let (Some(holdout), Some(scaler)) =
             (self.holdout.clone(), self.core.durable().scaler.clone())
         else {
             return;
         };
         let spec = self.spec.clone();
-        let path = self.global.path.clone();
         let tx = self.eval_tx.clone();
         let span = self.tracer.start_span(
             "anchor.evaluate",
@@ -728,6 +742,14 @@ impl AnchorNode {
     fn on_eval(&mut self, version: u64, round: u64, r: Result<f64, String>) {
         self.evals_in_flight = self.evals_in_flight.saturating_sub(1);
         match r {
+            Ok(rmse) if version == 0 => {
+                info!(
+                    rmse = format!("{rmse:.3}"),
+                    "genesis model evaluated on the held-out set"
+                );
+                self.status.genesis_eval_rmse = Some(rmse);
+                self.publish_status();
+            }
             Ok(rmse) => {
                 info!(
                     version,

@@ -111,6 +111,9 @@ pub struct NodeStatus {
     pub local_eval_rmse: Option<f64>,
     /// Anchor: the last rounds (bounded).
     pub rounds: Vec<RoundSummary>,
+    /// Anchor: held-out RMSE of the genesis (untrained) model, the learning curve's start.
+    #[serde(default)]
+    pub genesis_eval_rmse: Option<f64>,
     /// Connected peers.
     pub peers: usize,
     /// Latest notable event.

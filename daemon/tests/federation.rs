@@ -29,12 +29,12 @@ fn anchor_and_three_edge_processes_complete_rounds_and_rmse_falls() {
     let edges: Vec<Proc> = (0..3).map(|i| edge(root.path(), i, &addr, 6, 3)).collect();
     let mut all: Vec<&Proc> = vec![&anchor];
     all.extend(edges.iter());
-    let rounds = wait_for(ROUND_WAIT, "4 evaluated rounds", &all, || {
-        evaluated(&anchor, 4)
+    let rounds = wait_for(ROUND_WAIT, "6 evaluated rounds", &all, || {
+        evaluated(&anchor, 6)
     });
     let status = anchor.status().expect("status");
     assert!(
-        status.version >= 4,
+        status.version >= 6,
         "global version {} did not advance",
         status.version
     );
@@ -45,6 +45,13 @@ fn anchor_and_three_edge_processes_complete_rounds_and_rmse_falls() {
     );
     eprintln!("held-out RMSE per version: {rounds:?}");
     let (first, last) = (rounds[0].1, rounds[rounds.len() - 1].1);
+    let genesis = status
+        .genesis_eval_rmse
+        .expect("the genesis model was evaluated");
+    assert!(
+        last < 0.5 * genesis,
+        "held-out RMSE {last:.3} is not far below the untrained model's {genesis:.3}"
+    );
     assert!(
         last < first,
         "held-out RMSE did not fall: first {first:.3}, last {last:.3}"

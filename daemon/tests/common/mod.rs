@@ -59,9 +59,9 @@ min_failures = 3
 min_windows = 300
 
 [protocol.hyper]
-local_epochs = 1
+local_epochs = 2
 batch_size = 64
-lr = 0.003
+lr = 0.002
 prox_mu = 0.0
 
 [holdout]
