@@ -140,9 +140,9 @@ fn bench_config(
     cfg.holdout.machines = 0;
     let p = &mut cfg.protocol;
     p.federation = "bench".into();
-    p.heartbeat_ms = 200;
-    p.member_timeout_ms = 5_000;
-    p.lease_ms = 5_000;
+    p.heartbeat_ms = 2_000;
+    p.member_timeout_ms = 10_000;
+    p.lease_ms = 10_000;
     p.election_stagger_ms = 100;
     p.round_gap_ms = 0;
     p.round_deadline_ms = 120_000;
