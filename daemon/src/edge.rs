@@ -597,9 +597,17 @@ impl EdgeNode {
     }
 
     fn start_training(&mut self, plan: RoundPlan) {
-        let Some(base) =
-            self.ensure_model(plan.base_digest, self.round_parent(plan.round).as_deref())
-        else {
+        // The base model comes down the same distribution tree, over the round's
+        // participants, as new versions do.
+        let participants: Vec<String> = plan.participants.iter().map(ToString::to_string).collect();
+        let source = tree_source(self.net.me().as_str(), &participants)
+            .and_then(|p| peer_id(&p).ok())
+            .unwrap_or(self.anchor);
+        let Some(base) = self.ensure_model_from(
+            plan.base_digest,
+            self.round_parent(plan.round).as_deref(),
+            source,
+        ) else {
             self.waiting_for_base = Some(plan);
             return;
         };

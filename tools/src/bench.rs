@@ -187,7 +187,7 @@ pub fn rounds(opts: RoundsOptions) -> Result<()> {
     let root = tempfile::tempdir()?;
     let anchor_dir = root.path().join("anchor");
     let anchor_cfg = bench_config(Role::Anchor, &anchor_dir, &opts, 0);
-    let deadline = std::time::Duration::from_secs(120 + 60 * opts.rounds);
+    let deadline = std::time::Duration::from_secs(120 + 180 * opts.rounds);
     let (status, anchor_rss, edge_rss) = if opts.processes {
         run_processes(&opts, root.path(), anchor_cfg, deadline)?
     } else {
