@@ -52,7 +52,7 @@ struct Fetch {
 /// How often a peer that does not hold a model yet is asked again.
 const PEER_RETRY: Duration = Duration::from_millis(20);
 /// How long an edge waits for its peer source before fetching from the anchor.
-const PEER_FALLBACK: Duration = Duration::from_secs(3);
+const PEER_FALLBACK: Duration = Duration::from_secs(15);
 
 /// The source of a newly committed model in a binary distribution tree over the edges
 /// that took part in its round (sorted by peer id): the first two fetch from the anchor,

@@ -145,7 +145,7 @@ fn bench_config(
     p.lease_ms = 10_000;
     p.election_stagger_ms = 100;
     p.round_gap_ms = 0;
-    p.round_deadline_ms = 120_000;
+    p.round_deadline_ms = 600_000;
     p.min_participants = opts.edges;
     p.max_participants = opts.edges;
     p.min_fit_fraction = 1.0;
