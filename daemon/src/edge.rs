@@ -87,6 +87,8 @@ struct Push {
     begun: bool,
     /// The anchor was busy: ask for a slot again at this time.
     retry_at: Option<tokio::time::Instant>,
+    /// Busy answers so far (exponential back-off, so waiting edges do not flood the anchor).
+    busy: u32,
 }
 
 /// A trained update waiting for the core's go-ahead to push.
@@ -734,10 +736,9 @@ impl EdgeNode {
                 ..
             }) => {
                 if retry_after_ms > 0 {
-                    p.retry_at = Some(
-                        tokio::time::Instant::now()
-                            + Duration::from_millis(u64::from(retry_after_ms)),
-                    );
+                    let backoff = (u64::from(retry_after_ms) << p.busy.min(7)).min(2_000);
+                    p.busy += 1;
+                    p.retry_at = Some(tokio::time::Instant::now() + Duration::from_millis(backoff));
                 } else if !error.is_empty() {
                     warn!(round, "anchor refused the update: {error}");
                     self.push = None;
@@ -883,6 +884,7 @@ impl EdgeNode {
                             span: Some(span),
                             begun: false,
                             retry_at: None,
+                            busy: 0,
                         });
                         self.send_push_chunk();
                     }
