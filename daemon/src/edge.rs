@@ -408,11 +408,8 @@ impl EdgeNode {
         }
     }
 
-    /// Makes sure the model `digest` is (or will be) in the local store; returns it if here.
-    fn ensure_model(&mut self, digest: Digest, parent: Option<&str>) -> Option<ParamSet> {
-        self.ensure_model_from(digest, parent, self.anchor)
-    }
-
+    /// Makes sure the model `digest` is (or will be) in the local store, fetching it from
+    /// `source` if not; returns it if it is here already.
     fn ensure_model_from(
         &mut self,
         digest: Digest,
