@@ -223,6 +223,19 @@ impl AnchorStore {
         model_bytes: &[u8],
         durable_state: &[u8],
     ) -> Result<(), StoreError> {
+        let mut batch = self.version_batch(rec, durable_state)?;
+        batch.put_cf(cf(&self.db, CF_MODELS)?, rec.digest, model_bytes);
+        self.db.write_opt(batch, &synced())?;
+        Ok(())
+    }
+
+    /// A write batch with the version record and the durable state, refusing to rewrite an
+    /// existing version with a different record.
+    fn version_batch(
+        &self,
+        rec: &VersionRecord,
+        durable_state: &[u8],
+    ) -> Result<WriteBatch, StoreError> {
         if let Some(existing) = self.version(rec.version)?
             && existing != *rec
         {
@@ -230,11 +243,9 @@ impl AnchorStore {
         }
         let value = encode(CF_VERSIONS, rec)?;
         let mut batch = WriteBatch::default();
-        batch.put_cf(cf(&self.db, CF_MODELS)?, rec.digest, model_bytes);
         batch.put_cf(cf(&self.db, CF_VERSIONS)?, rec.version.to_be_bytes(), value);
         batch.put_cf(cf(&self.db, CF_META)?, META_DURABLE, durable_state);
-        self.db.write_opt(batch, &synced())?;
-        Ok(())
+        Ok(batch)
     }
 
     /// Commits a global model version whose model bytes live elsewhere (the anchor keeps
@@ -245,15 +256,7 @@ impl AnchorStore {
         rec: &VersionRecord,
         durable_state: &[u8],
     ) -> Result<(), StoreError> {
-        if let Some(existing) = self.version(rec.version)?
-            && existing != *rec
-        {
-            return Err(StoreError::VersionConflict(rec.version));
-        }
-        let value = encode(CF_VERSIONS, rec)?;
-        let mut batch = WriteBatch::default();
-        batch.put_cf(cf(&self.db, CF_VERSIONS)?, rec.version.to_be_bytes(), value);
-        batch.put_cf(cf(&self.db, CF_META)?, META_DURABLE, durable_state);
+        let batch = self.version_batch(rec, durable_state)?;
         self.db.write_opt(batch, &synced())?;
         Ok(())
     }
