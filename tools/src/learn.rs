@@ -346,11 +346,11 @@ fn predict_engines(
     Ok((trajs.iter().map(|t| t.machine).collect(), pred, targets))
 }
 
-/// `fedctl predict`: writes `unit,rul` lines (after a `unit,rul` header).
+/// `fedctl predict`: writes one `unit,rul` line per test engine (no header line).
 pub fn predict(model_path: &Path, data: &Path, out: &Path) -> Result<()> {
     let model = ModelFile::load(model_path)?;
     let (units, pred, _) = predict_engines(&model, data, None)?;
-    let mut text = String::from("unit,rul\n");
+    let mut text = String::new();
     for (u, p) in units.iter().zip(&pred) {
         text.push_str(&format!("{u},{p:.2}\n"));
     }
