@@ -16,8 +16,7 @@ use libp2p::request_response::ResponseChannel;
 use model::{ModelSpec, ParamSet};
 use netproto::core::{Anchor, AnchorDurable, Event, Output};
 use netproto::wire::{
-    DataRequest, DataResponse, Digest, Frame, MAX_CHUNK, Message, NodeId, UpdateHeader, digest_of,
-    short_hex,
+    DataRequest, DataResponse, Digest, Frame, Message, NodeId, UpdateHeader, digest_of, short_hex,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -354,16 +353,19 @@ impl AnchorNode {
                 ("edge_eval_samples".into(), evals.samples as f64),
             ],
         );
-        if let Some(s) = self
-            .status
+        if let Some(s) = self.round_summary(version) {
+            s.edge_eval_rmse = Some(rmse);
+        }
+        self.publish_status();
+    }
+
+    /// The status entry of the round that committed `version`.
+    fn round_summary(&mut self, version: u64) -> Option<&mut RoundSummary> {
+        self.status
             .rounds
             .iter_mut()
             .rev()
             .find(|s| s.version == Some(version))
-        {
-            s.edge_eval_rmse = Some(rmse);
-        }
-        self.publish_status();
     }
 
     fn on_net(&mut self, ev: NetEvent) {
@@ -418,35 +420,18 @@ impl AnchorNode {
     }
 
     fn serve_model(&self, digest: Digest, offset: u64, max_len: u32) -> Frame<DataResponse> {
-        let not_found = Frame {
-            header: DataResponse::NotFound,
-            payload: vec![],
-        };
         // Served straight from the content-addressed file: no copy of the model in memory.
-        let Ok(file) = std::fs::File::open(model_path(&self.models_dir, &digest)) else {
-            return not_found;
-        };
-        let Ok(total) = file.metadata().map(|m| m.len()) else {
-            return not_found;
-        };
-        if offset > total {
-            return not_found;
-        }
-        let n = (total - offset)
-            .min(u64::from(max_len))
-            .min(MAX_CHUNK as u64) as usize;
-        let mut payload = vec![0u8; n];
-        if std::os::unix::fs::FileExt::read_exact_at(&file, &mut payload, offset).is_err() {
-            return not_found;
-        }
-        Frame {
-            header: DataResponse::ModelChunk {
-                digest,
-                total_len: total,
-                offset,
-            },
-            payload,
-        }
+        let file = std::fs::File::open(model_path(&self.models_dir, &digest)).ok();
+        let total = file
+            .as_ref()
+            .and_then(|f| f.metadata().ok())
+            .map(|m| m.len());
+        crate::net::model_chunk(digest, total, offset, max_len, |at, len| {
+            let mut payload = vec![0u8; len];
+            let file = file?;
+            std::os::unix::fs::FileExt::read_exact_at(&file, &mut payload, at).ok()?;
+            Some(payload)
+        })
     }
 
     /// Handles one frame of an update push: an empty frame at offset 0 reserves an upload
@@ -759,13 +744,7 @@ impl AnchorNode {
                 );
                 self.mlflow
                     .log_metrics(round, vec![("eval_rmse".into(), rmse)]);
-                if let Some(s) = self
-                    .status
-                    .rounds
-                    .iter_mut()
-                    .rev()
-                    .find(|s| s.version == Some(version))
-                {
+                if let Some(s) = self.round_summary(version) {
                     s.eval_rmse = Some(rmse);
                 }
                 self.publish_status();

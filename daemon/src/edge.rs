@@ -352,24 +352,14 @@ impl EdgeNode {
                 digest,
                 offset,
                 max_len,
-            } => match self.store.model(&digest).ok().flatten() {
-                Some(bytes) if offset <= bytes.len() as u64 => {
-                    let start = offset as usize;
-                    let end = bytes.len().min(start + (max_len as usize).min(MAX_CHUNK));
-                    Frame {
-                        header: DataResponse::ModelChunk {
-                            digest,
-                            total_len: bytes.len() as u64,
-                            offset,
-                        },
-                        payload: bytes[start..end].to_vec(),
-                    }
-                }
-                _ => Frame {
-                    header: DataResponse::NotFound,
-                    payload: vec![],
-                },
-            },
+            } => {
+                let bytes = self.store.model(&digest).ok().flatten();
+                let total = bytes.as_ref().map(|b| b.len() as u64);
+                crate::net::model_chunk(digest, total, offset, max_len, |at, len| {
+                    let at = at as usize;
+                    bytes.as_ref().map(|b| b[at..at + len].to_vec())
+                })
+            }
             DataRequest::PushUpdate(_) => Frame {
                 header: DataResponse::UpdateAck {
                     received: 0,

@@ -68,6 +68,39 @@ pub fn parse_peer_addr(s: &str) -> Result<(PeerId, Multiaddr)> {
     Ok((peer, addr))
 }
 
+/// The answer to a `FetchModel` request for `max_len` bytes at `offset` of the model
+/// `digest` whose encoding is `total` bytes long (`None`: not held here). `read(offset,
+/// len)` returns that range. Shared by the anchor (reading files) and edges (their cache).
+pub fn model_chunk(
+    digest: netproto::wire::Digest,
+    total: Option<u64>,
+    offset: u64,
+    max_len: u32,
+    read: impl FnOnce(u64, usize) -> Option<Vec<u8>>,
+) -> Frame<DataResponse> {
+    let not_found = Frame {
+        header: DataResponse::NotFound,
+        payload: vec![],
+    };
+    let Some(total) = total.filter(|t| offset <= *t) else {
+        return not_found;
+    };
+    let len = (total - offset)
+        .min(u64::from(max_len))
+        .min(netproto::wire::MAX_CHUNK as u64) as usize;
+    match read(offset, len) {
+        Some(payload) if payload.len() == len => Frame {
+            header: DataResponse::ModelChunk {
+                digest,
+                total_len: total,
+                offset,
+            },
+            payload,
+        },
+        _ => not_found,
+    }
+}
+
 /// What the network layer hands to a role's event loop.
 pub enum NetEvent {
     /// An authenticated control message from `from`.
@@ -277,6 +310,14 @@ impl Net {
         self.translate(event)
     }
 
+    fn control_event(&self, peer: &PeerId, bytes: &[u8]) -> NetEvent {
+        self.decode_control(peer, bytes)
+            .map_or(NetEvent::Nothing, |(from, env)| NetEvent::Control {
+                from,
+                env,
+            })
+    }
+
     fn decode_control(&self, peer: &PeerId, bytes: &[u8]) -> Option<(NodeId, Envelope)> {
         if !self.admitted(peer) {
             debug!(%peer, "control message from a peer outside the allow-list");
@@ -325,10 +366,7 @@ impl Net {
                 let Some(source) = message.source else {
                     return NetEvent::Nothing;
                 };
-                match self.decode_control(&source, &message.data) {
-                    Some((from, env)) => NetEvent::Control { from, env },
-                    None => NetEvent::Nothing,
-                }
+                self.control_event(&source, &message.data)
             }
             SwarmEvent::Behaviour(BehaviourEvent::Control(request_response::Event::Message {
                 peer,
@@ -343,10 +381,7 @@ impl Net {
                         .behaviour_mut()
                         .control
                         .send_response(channel, Vec::new());
-                    match self.decode_control(&peer, &request) {
-                        Some((from, env)) => NetEvent::Control { from, env },
-                        None => NetEvent::Nothing,
-                    }
+                    self.control_event(&peer, &request)
                 }
                 request_response::Message::Response { .. } => NetEvent::Nothing,
             },

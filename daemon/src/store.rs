@@ -494,17 +494,7 @@ impl EdgeStore {
         }
         let readings = cf(&self.db, CF_READINGS)?;
         let mut batch = WriteBatch::default();
-        for (cycle, row) in (first_cycle..).zip(rows) {
-            if row.len() != expected {
-                return Err(StoreError::RowWidth {
-                    machine,
-                    cycle,
-                    got: row.len(),
-                    expected,
-                });
-            }
-            batch.put_cf(readings, reading_key(machine, cycle), encode_row(row));
-        }
+        put_rows(&mut batch, readings, machine, first_cycle, rows, expected)?;
         self.db.write(batch)?;
         Ok(())
     }
@@ -550,17 +540,7 @@ impl EdgeStore {
                     "machine {machine}: rows must have at least one value"
                 )));
             }
-            for (cycle, row) in (1u32..).zip(&t.rows) {
-                if row.len() != expected {
-                    return Err(StoreError::RowWidth {
-                        machine,
-                        cycle,
-                        got: row.len(),
-                        expected,
-                    });
-                }
-                batch.put_cf(readings, reading_key(machine, cycle), encode_row(row));
-            }
+            put_rows(&mut batch, readings, machine, 1, &t.rows, expected)?;
             batch.put_cf(failures, machine.to_be_bytes(), len.to_be_bytes());
         }
         self.db.write_opt(batch, &synced())?;
@@ -678,6 +658,30 @@ impl EdgeStore {
     pub fn model(&self, digest: &[u8; 32]) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.db.get_cf(cf(&self.db, CF_MODELS)?, digest)?)
     }
+}
+
+/// Adds `rows` of `machine` from `first_cycle` on to `batch`, refusing rows whose width
+/// is not `expected` (the caller then drops the batch, so nothing is written).
+fn put_rows(
+    batch: &mut WriteBatch,
+    readings: &rocksdb::ColumnFamily,
+    machine: u32,
+    first_cycle: u32,
+    rows: &[Vec<f32>],
+    expected: usize,
+) -> Result<(), StoreError> {
+    for (cycle, row) in (first_cycle..).zip(rows) {
+        if row.len() != expected {
+            return Err(StoreError::RowWidth {
+                machine,
+                cycle,
+                got: row.len(),
+                expected,
+            });
+        }
+        batch.put_cf(readings, reading_key(machine, cycle), encode_row(row));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
