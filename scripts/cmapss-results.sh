@@ -11,7 +11,7 @@
 #   SEEDS        [1 2 3 4 5]               seeds (LSTM_SEEDS overrides for lstm)
 #   LSTM_SEEDS   [$SEEDS]
 #   EPOCHS       [60]   max centralized epochs      ROUNDS [40] max federated rounds
-#   LSTM_EPOCHS  [$EPOCHS]                          LSTM_ROUNDS [$ROUNDS]
+#   LSTM_EPOCHS  [30]                               LSTM_ROUNDS [30]
 #   EXTRA        []     extra `fedctl train` flags (same for every run)
 # Writes one log per run and table.md into OUT_DIR [out/cmapss-results]; prints the table.
 set -euo pipefail
@@ -24,8 +24,8 @@ SEEDS=${SEEDS:-1 2 3 4 5}
 LSTM_SEEDS=${LSTM_SEEDS:-$SEEDS}
 EPOCHS=${EPOCHS:-60}
 ROUNDS=${ROUNDS:-40}
-LSTM_EPOCHS=${LSTM_EPOCHS:-$EPOCHS}
-LSTM_ROUNDS=${LSTM_ROUNDS:-$ROUNDS}
+LSTM_EPOCHS=${LSTM_EPOCHS:-30}
+LSTM_ROUNDS=${LSTM_ROUNDS:-30}
 EXTRA=${EXTRA:-}
 [ -f "$DIR/train_FD001.txt" ] || { echo "missing $DIR/train_FD001.txt (set CMAPSS_DIR)" >&2; exit 1; }
 if ! cargo build --release -p fedctl >&2; then
@@ -57,28 +57,39 @@ for arch in $ARCHS; do
   done
 done
 
+# Test-protocol metrics on the held-out engines (cut at every raw RUL 7..145, last
+# window, raw-RUL target), recomputed from each model file.
+for model in "$OUT"/*.gfm; do
+  [ -e "$model" ] || continue
+  cut="${model%.gfm}.log.cut"
+  [ -s "$cut" ] || "$FEDCTL" evaluate --model "$model" --data "$DIR/train_FD001.txt" --holdout >"$cut"
+done
+
 # One row per (arch, setting): mean ± std (sample std) over the seeds that finished.
 {
-  echo "| model | training | seeds | val RMSE | val score / 100 windows | best step | wall time / run |"
-  echo "|---|---|---|---|---|---|---|"
+  echo "| model | training | seeds | val RMSE (all windows) | val score / 100 windows | test-style RMSE (held-out cuts) | test-style score / 100 cuts | best step | wall time / run |"
+  echo "|---|---|---|---|---|---|---|---|---|"
   for arch in $ARCHS; do
     for setting in $SETTINGS; do
       files=$(ls "$OUT/$arch-$setting-"*.log 2>/dev/null || true)
       [ -n "$files" ] || continue
       label=$([ "$setting" = central ] && echo "centralized" || echo "federated, 5 edges, $setting")
-      # shellcheck disable=SC2086
-      grep -h '^best:' $files | awk -v arch="${arch^^}" -v label="$label" '
+      for f in $files; do
+        echo "$(grep -h '^best:' "$f") $(sed 's/\([a-z]*\)=/cut_\1=/g' "$f.cut" 2>/dev/null)"
+      done | awk -v arch="${arch^^}" -v label="$label" '
         function kv(key,   i, p) { for (i = 2; i <= NF; i++) { split($i, p, "="); if (p[1] == key) return p[2] } }
-        { n++; r[n] = kv("val_rmse"); s[n] = 100 * kv("val_score") / kv("val_n"); st[n] = kv("step"); w[n] = kv("wall_s") }
+        { n++; r[n] = kv("val_rmse"); s[n] = 100 * kv("val_score") / kv("val_n"); st[n] = kv("step"); w[n] = kv("wall_s")
+          cr[n] = kv("cut_rmse"); cs[n] = 100 * kv("cut_score") / kv("cut_n") }
         function mean(a,   i, t) { t = 0; for (i = 1; i <= n; i++) t += a[i]; return t / n }
         function sd(a,   i, m, t) { if (n < 2) return 0; m = mean(a); t = 0; for (i = 1; i <= n; i++) t += (a[i] - m) ^ 2; return sqrt(t / (n - 1)) }
         END {
-          if (n > 1) { rs = sprintf("%.2f ± %.2f", mean(r), sd(r)); ss = sprintf("%.0f ± %.0f", mean(s), sd(s)) }
-          else { rs = sprintf("%.2f", mean(r)); ss = sprintf("%.0f", mean(s)) }
-          printf "| %s | %s | %d | %s | %s | %.0f | %.0f s |\n", arch, label, n, rs, ss, mean(st), mean(w)
+          if (n > 1) { rs = sprintf("%.2f ± %.2f", mean(r), sd(r)); ss = sprintf("%.0f ± %.0f", mean(s), sd(s))
+                       crs = sprintf("%.2f ± %.2f", mean(cr), sd(cr)); css = sprintf("%.0f ± %.0f", mean(cs), sd(cs)) }
+          else { rs = sprintf("%.2f", mean(r)); ss = sprintf("%.0f", mean(s)); crs = sprintf("%.2f", mean(cr)); css = sprintf("%.0f", mean(cs)) }
+          printf "| %s | %s | %d | %s | %s | %s | %s | %.0f | %.0f s |\n", arch, label, n, rs, ss, crs, css, mean(st), mean(w)
         }'
     done
   done
-  echo "| DCNN, Li et al. 2018 (published, FD001 **test** set) | centralized | – | 12.61 | 273.7 (100 engines) | – | – |"
-  echo "| LSTM, Zheng et al. 2017 (published, FD001 **test** set) | centralized | – | 16.14 | 338 (100 engines) | – | – |"
+  echo "| DCNN, Li et al. 2018 (published, FD001 **test** set) | centralized | – | – | – | 12.61 (test set) | 273.7 (100 engines) | – | – |"
+  echo "| LSTM, Zheng et al. 2017 (published, FD001 **test** set) | centralized | – | – | – | 16.14 (test set) | 338 (100 engines) | – | – |"
 } | tee "$OUT/table.md"

@@ -272,6 +272,56 @@ pub fn last_windows(
     data
 }
 
+/// Test-style samples from run-to-failure trajectories, for validating against the
+/// C-MAPSS **test protocol** on held-out engines: every trajectory is cut after each
+/// cycle whose raw (uncapped) RUL lies in `rul_range`, and the last `window` cycles
+/// before the cut become one sample whose target is that raw RUL.
+///
+/// NASA's FD001 test engines stop at true RULs between 7 and 145 cycles and are
+/// scored on their last window against the raw RUL; cutting a held-out engine at
+/// every RUL of that range (one sample per RUL value) measures the same quantity
+/// without the test set's truth file. Cuts that leave fewer than `window` cycles are
+/// skipped.
+pub fn cut_windows(
+    trajs: &[Trajectory],
+    scaler: &Scaler,
+    cfg: &WindowConfig,
+    rul_range: std::ops::RangeInclusive<usize>,
+) -> Dataset {
+    let features = scaler.features();
+    let w = cfg.window;
+    let mut data = Dataset {
+        window: w,
+        features,
+        ..Dataset::default()
+    };
+    if w == 0 {
+        return data;
+    }
+    let mut scaled = Vec::new();
+    for traj in trajs {
+        let len = traj.rows.len();
+        if len < w {
+            continue;
+        }
+        scaled.clear();
+        for row in &traj.rows {
+            scaler.transform_into(row, &mut scaled);
+        }
+        for end in (w - 1)..len {
+            let rul = len - 1 - end;
+            if !rul_range.contains(&rul) {
+                continue;
+            }
+            let start = end + 1 - w;
+            data.inputs
+                .extend_from_slice(&scaled[start * features..(end + 1) * features]);
+            data.targets.push(rul as f32);
+        }
+    }
+    data
+}
+
 /// The last `window` cycles of every trajectory, one sample per trajectory in order,
 /// for inference on C-MAPSS test files (`targets[i]` is stored as sample `i`'s
 /// target: the true RUL when known, anything, e.g. `0`, when not).
@@ -396,6 +446,35 @@ mod tests {
             ),
             50 + 30 + 29 + 200
         );
+    }
+
+    #[test]
+    fn cut_windows_are_test_style_last_windows_with_raw_rul() {
+        let cfg = WindowConfig {
+            window: 5,
+            rul_cap: 125.0,
+        };
+        // 200 cycles: raw RUL 195 at the first full window, 0 at the last cycle; a
+        // 20-cycle engine has cuts only down to RUL 15 (windows need 5 cycles).
+        let trajs = vec![traj(0, 200), traj(1, 20), traj(2, 4)];
+        let scaler = Scaler::fit(&trajs).unwrap();
+        let ds = cut_windows(&trajs, &scaler, &cfg, 7..=145);
+        // Engine 0: RULs 7..=145 (139 cuts); engine 1: RULs 7..=15 (9 cuts); engine 2: none.
+        assert_eq!(ds.len(), 139 + 9);
+        assert!(ds.is_consistent());
+        // Targets are raw, not capped, and descend as the cut moves towards failure.
+        assert_eq!(ds.targets[0], 145.0);
+        assert_eq!(ds.targets[138], 7.0);
+        assert_eq!(ds.targets[139], 15.0);
+        // The sample is the window ending at the cut: for RUL 145 in a 200-cycle run
+        // that is cycle 54, feature 0 = 54 / 199 after min-max scaling.
+        let first = ds.sample(0).unwrap();
+        assert!((first[4 * 2] - 54.0 / 199.0).abs() < 1e-6);
+        // It agrees with the all-window set where the cap does not bite.
+        let all = make_windows(&trajs[..1], &scaler, &cfg);
+        let k = all.targets.iter().position(|&t| t == 100.0).unwrap();
+        let c = ds.targets.iter().position(|&t| t == 100.0).unwrap();
+        assert_eq!(all.sample(k), ds.sample(c));
     }
 
     #[test]

@@ -10,6 +10,12 @@
 //! recorded cycles is padded at the front by repeating its first row (see
 //! [`model::data::final_windows_padded`]). Predictions below zero are clipped to 0
 //! (a negative remaining life is never right).
+//!
+//! NASA's true-RUL file for the FD001 test engines is not always at hand, so
+//! `train` also reports, and `evaluate --holdout` recomputes, the **test-protocol
+//! metrics on the held-out validation engines**: each held-out engine is cut at every
+//! raw RUL in [`TEST_RUL_RANGE`] (the range of FD001's test engines) and predicted from
+//! the last window before the cut, scored against the raw RUL like the test set.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -20,7 +26,7 @@ use anyhow::{Context, Result, bail};
 use clap::ValueEnum;
 use indicatif::{ProgressBar, ProgressStyle};
 use model::cmapss::{INFORMATIVE_SENSORS, load_rul, load_trajectories};
-use model::data::{WindowConfig, final_windows_padded};
+use model::data::{Trajectory, WindowConfig, cut_windows, final_windows_padded};
 use model::fedsim::{
     FedConfig, FedStrategy, Layout, Schedule, Split, StepReport, prepare, run_centralized,
     run_federated,
@@ -28,6 +34,30 @@ use model::fedsim::{
 use model::metrics::Metrics;
 use model::modelfile::{ModelFile, ModelHeader, TrainingInfo};
 use model::net::{Arch, ModelSpec};
+
+/// Raw RULs at which held-out engines are cut for the test-protocol metrics: FD001's
+/// test engines stop between 7 and 145 cycles before failure.
+pub const TEST_RUL_RANGE: std::ops::RangeInclusive<usize> = 7..=145;
+
+/// Test-protocol metrics of `params` on held-out run-to-failure engines (see the
+/// module documentation); predictions are clipped at 0 like `predict`'s.
+fn cut_metrics(
+    spec: &ModelSpec,
+    params: &model::params::ParamSet,
+    engines: &[Trajectory],
+    scaler: &model::data::Scaler,
+    window: &WindowConfig,
+) -> Result<Metrics> {
+    let cuts = cut_windows(engines, scaler, window, TEST_RUL_RANGE);
+    if cuts.is_empty() {
+        bail!("no held-out engine is long enough for a test-style cut");
+    }
+    let pred: Vec<f32> = model::train::predict(spec, params, &cuts)?
+        .into_iter()
+        .map(|p| p.max(0.0))
+        .collect();
+    Ok(Metrics::compute(&pred, &cuts.targets))
+}
 
 /// Model architecture on the command line.
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -278,15 +308,24 @@ pub fn train(args: &TrainArgs) -> Result<()> {
         }
     };
     let wall_s = start.elapsed().as_secs_f64();
+    let held_out: Vec<Trajectory> = trajs
+        .iter()
+        .filter(|t| data.val_engines.contains(&t.machine))
+        .cloned()
+        .collect();
+    let cut = cut_metrics(&spec, &outcome.params, &held_out, &data.scaler, &window)?;
     let best = &outcome.best_val;
     println!(
-        "best: step={} val_rmse={:.3} val_score={:.1} val_mae={:.3} val_late={} val_n={} steps={} wall_s={:.1}{}",
+        "best: step={} val_rmse={:.3} val_score={:.1} val_mae={:.3} val_late={} val_n={} cut_rmse={:.3} cut_score={:.1} cut_n={} steps={} wall_s={:.1}{}",
         outcome.best_step,
         best.rmse,
         best.score,
         best.mae,
         best.late,
         best.n,
+        cut.rmse,
+        cut.score,
+        cut.n,
         outcome.history.len(),
         wall_s,
         if outcome.stopped_early {
@@ -362,12 +401,46 @@ pub fn predict(model_path: &Path, data: &Path, out: &Path) -> Result<()> {
     Ok(())
 }
 
+/// What `fedctl evaluate` scores against.
+#[derive(Debug)]
+pub enum Truth<'a> {
+    /// A C-MAPSS test file with its true-RUL file (one value per engine).
+    RulFile(&'a Path),
+    /// The training file the model was trained on: its held-out validation engines
+    /// (recorded in the model file), cut test-style at every RUL in [`TEST_RUL_RANGE`].
+    Holdout,
+}
+
 /// `fedctl evaluate`: prints `rmse=.. score=.. mae=.. late=.. n=..` against the true RUL.
-pub fn evaluate(model_path: &Path, data: &Path, truth: &Path) -> Result<()> {
+pub fn evaluate(model_path: &Path, data: &Path, truth: Truth<'_>) -> Result<()> {
     let model = ModelFile::load(model_path)?;
-    let truth = load_rul(truth)?;
-    let (_, pred, targets) = predict_engines(&model, data, Some(&truth))?;
-    let m = Metrics::compute(&pred, &targets);
+    let m = match truth {
+        Truth::RulFile(truth) => {
+            let truth = load_rul(truth)?;
+            let (_, pred, targets) = predict_engines(&model, data, Some(&truth))?;
+            Metrics::compute(&pred, &targets)
+        }
+        Truth::Holdout => {
+            let h = &model.header;
+            let wanted = &h.training.val_engines;
+            if wanted.is_empty() {
+                bail!("{} records no held-out engines", model_path.display());
+            }
+            let held_out: Vec<Trajectory> = load(data, &h.sensors)?
+                .into_iter()
+                .filter(|t| wanted.contains(&t.machine))
+                .collect();
+            if held_out.len() != wanted.len() {
+                bail!(
+                    "{} lacks {} of the model's {} held-out engines: is it the training file?",
+                    data.display(),
+                    wanted.len() - held_out.len(),
+                    wanted.len()
+                );
+            }
+            cut_metrics(&h.spec, &model.params, &held_out, &h.scaler, &h.window)?
+        }
+    };
     println!(
         "rmse={:.3} score={:.2} mae={:.3} late={} n={}",
         m.rmse, m.score, m.mae, m.late, m.n

@@ -39,7 +39,8 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Evaluate a model on a C-MAPSS test file against its true RUL file.
+    /// Evaluate a model on a C-MAPSS test file against its true RUL file, or (`--holdout`)
+    /// on its held-out training engines cut test-style.
     Evaluate {
         /// Model file written by `fedctl train`.
         #[arg(long)]
@@ -48,8 +49,12 @@ enum Command {
         #[arg(long)]
         data: PathBuf,
         /// True RUL per test engine (e.g. RUL_FD001.txt).
-        #[arg(long)]
-        truth: PathBuf,
+        #[arg(long, required_unless_present = "holdout")]
+        truth: Option<PathBuf>,
+        /// Score on the model's held-out validation engines of the training file given
+        /// as `--data`, cut test-style at every raw RUL from 7 to 145 cycles.
+        #[arg(long, conflicts_with = "truth")]
+        holdout: bool,
     },
     /// Benchmarks.
     Bench {
@@ -150,7 +155,19 @@ fn main() -> Result<()> {
         Command::Status { data_dir, json } => status(data_dir, json),
         Command::Train(args) => learn::train(&args),
         Command::Predict { model, data, out } => learn::predict(&model, &data, &out),
-        Command::Evaluate { model, data, truth } => learn::evaluate(&model, &data, &truth),
+        Command::Evaluate {
+            model,
+            data,
+            truth,
+            holdout,
+        } => {
+            let truth = match (&truth, holdout) {
+                (Some(path), _) => learn::Truth::RulFile(path),
+                (None, true) => learn::Truth::Holdout,
+                (None, false) => anyhow::bail!("evaluate needs --truth <RUL file> or --holdout"),
+            };
+            learn::evaluate(&model, &data, truth)
+        }
         Command::Bench { which } => match which {
             BenchCommand::Aggregate {
                 clients,

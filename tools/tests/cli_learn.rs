@@ -111,6 +111,37 @@ fn train_predict_evaluate_on_fixtures() {
     assert!(out.contains("epoch   1/2: train_loss="), "{out}");
     assert!(out.contains("best: step="), "{out}");
     assert!(model.exists());
+    // `evaluate --holdout` recomputes the test-style metrics that `train` reported on
+    // its held-out engines: same RMSE, same number of cuts.
+    let best = out.lines().find(|l| l.starts_with("best:")).unwrap();
+    let field = |line: &str, key: &str| -> String {
+        line.split(' ')
+            .find_map(|kv| kv.strip_prefix(&format!("{key}=")).map(str::to_string))
+            .unwrap_or_else(|| panic!("no {key} in {line}"))
+    };
+    let holdout = ok(fedctl(&[
+        "evaluate",
+        "--model",
+        s(&model),
+        "--data",
+        s(&train),
+        "--holdout",
+    ]));
+    let holdout = holdout.trim();
+    assert_eq!(
+        field(holdout, "rmse"),
+        field(best, "cut_rmse"),
+        "{holdout} / {best}"
+    );
+    assert_eq!(field(holdout, "n"), field(best, "cut_n"));
+    // Lives are 60 + 7i; a cut at raw RUL r needs 30 cycles before it, so an engine
+    // of life L has min(145, L - 30) - 6 cuts: between 24 and 101 per engine.
+    let n: usize = field(holdout, "n").parse().unwrap();
+    assert!((3 * 24..=3 * 101).contains(&n), "{holdout}");
+    // Neither --truth nor --holdout: a usage error, nothing evaluated.
+    let out = fedctl(&["evaluate", "--model", s(&model), "--data", s(&train)]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--truth"));
 
     let fed_model = dir.path("fed.gfm");
     let out = ok(fedctl(&[
