@@ -5,6 +5,7 @@
 use crate::aggregator::{BaseModel, StreamingAggregator, UploadError};
 use crate::config::NodeConfig;
 use crate::mlflow::{MlflowBridge, MlflowConfig};
+use crate::models::model_path;
 use crate::net::{Net, NetEvent};
 use crate::node::{Clock, MAX_STATUS_ROUNDS, NodeStatus, RoundSummary, write_status};
 use crate::store::{AnchorStore, RoundLogEntry, VersionRecord};
@@ -916,19 +917,8 @@ impl AnchorNode {
     }
 }
 
-/// The file of the model with `digest` in `dir`.
-pub fn model_path(dir: &std::path::Path, digest: &Digest) -> std::path::PathBuf {
-    dir.join(format!("{}.bin", hex::encode(digest)))
-}
-
-/// Writes a model file durably: temp file, fsync, rename.
+/// Writes a model file durably (fsync before the rename).
 fn write_model_file(dir: &std::path::Path, digest: &Digest, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let tmp = dir.join(format!("{}.tmp", hex::encode(digest)));
-    let mut f =
-        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, model_path(dir, digest))?;
-    Ok(())
+    crate::models::write_model_file(dir, digest, bytes, true)
+        .with_context(|| format!("writing model {} to {}", short_hex(digest), dir.display()))
 }

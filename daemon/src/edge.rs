@@ -3,6 +3,7 @@
 //! digest-checked), trains off the async runtime, and pushes updates to the anchor.
 
 use crate::config::NodeConfig;
+use crate::models::ModelCache;
 use crate::net::{Net, NetEvent};
 use crate::node::{Clock, NodeStatus, write_status};
 use crate::store::EdgeStore;
@@ -37,22 +38,46 @@ enum Pending {
     Push(u64),
 }
 
-/// A model download in progress.
+/// A model download in progress. Its bytes so far are served to peers further down the
+/// distribution tree while it runs (cut-through), so a model crosses the tree in a
+/// pipeline of chunks rather than one whole-model hop per level.
 struct Fetch {
     buf: Vec<u8>,
+    /// The model's size, from the first chunk (0 before).
+    total_len: u64,
     source: PeerId,
     attempts: u32,
     span: Option<NodeSpan>,
     /// When waiting for a peer that does not hold the model yet: ask again at this time.
     retry_at: Option<tokio::time::Instant>,
-    /// Give up on peers and fetch from the anchor after this.
+    /// Give up on the peer source and fetch from the anchor if it has sent nothing new
+    /// by then (pushed back by every chunk that arrives).
     fallback_at: tokio::time::Instant,
+}
+
+/// A peer's request for model bytes this edge does not have yet (it is still fetching
+/// the model, or has not heard of its commit): answered as soon as the bytes are here,
+/// or with `NotFound` at `until`.
+struct Waiter {
+    digest: Digest,
+    offset: u64,
+    max_len: u32,
+    channel: ResponseChannel<Vec<u8>>,
+    until: tokio::time::Instant,
 }
 
 /// How often a peer that does not hold a model yet is asked again.
 const PEER_RETRY: Duration = Duration::from_millis(20);
-/// How long an edge waits for its peer source before fetching from the anchor.
+/// How long a peer source may go without sending new bytes before the edge fetches
+/// from the anchor instead.
 const PEER_FALLBACK: Duration = Duration::from_secs(15);
+/// How long a request for bytes not here yet is held open (well under the data
+/// protocol's request timeout).
+const HOLD: Duration = Duration::from_secs(1);
+/// Requests held open at once; more are answered `NotFound` at once.
+const MAX_WAITERS: usize = 64;
+/// Global models an edge keeps (the current one and its predecessor).
+const KEEP_MODELS: usize = 2;
 
 /// The source of a newly committed model in a binary distribution tree over the edges
 /// that took part in its round (sorted by peer id): the first two fetch from the anchor,
@@ -106,14 +131,18 @@ pub struct EdgeNode {
     cfg: NodeConfig,
     net: Net,
     core: Edge,
-    store: EdgeStore,
+    /// Held open for the daemon's lifetime: RocksDB's lock keeps a second daemon off this
+    /// data directory.
+    _store: EdgeStore,
     clock: Clock,
     spec: ModelSpec,
     anchor: PeerId,
     train_set: Arc<Vec<Trajectory>>,
     val_set: Arc<Vec<Trajectory>>,
     datasets: Option<(FeatureRanges, Arc<Dataset>, Arc<Dataset>)>,
+    models: ModelCache,
     fetches: HashMap<Digest, Fetch>,
+    waiters: Vec<Waiter>,
     pending: HashMap<OutboundRequestId, Pending>,
     /// The round whose base model is being fetched.
     waiting_for_base: Option<RoundPlan>,
@@ -218,6 +247,8 @@ impl EdgeNode {
             cfg.seed,
             clock.now(),
         );
+        let models = ModelCache::open(&cfg.data_dir.join("models"), KEEP_MODELS)
+            .with_context(|| format!("opening {}/models", cfg.data_dir.display()))?;
         let (train_tx, train_rx) = mpsc::channel(4);
         let (eval_tx, eval_rx) = mpsc::channel(4);
         let short = &me.as_str()[me.as_str().len().saturating_sub(6)..];
@@ -240,14 +271,16 @@ impl EdgeNode {
             cfg,
             net,
             core,
-            store,
+            _store: store,
             clock,
             spec,
             anchor,
             train_set: Arc::new(train),
             val_set: Arc::new(val),
             datasets: None,
+            models,
             fetches: HashMap::new(),
+            waiters: Vec::new(),
             pending: HashMap::new(),
             waiting_for_base: None,
             want_eval: None,
@@ -291,8 +324,10 @@ impl EdgeNode {
                 _ = kad_tick.tick() => self.net.kad_bootstrap(),
                 _ = anchor_tick.tick() => self.net.ensure_connected(self.anchor, &anchor_addr),
                 _ = retry_tick.tick(), if self.fetches.values().any(|f| f.retry_at.is_some())
-                    || self.push.as_ref().is_some_and(|p| p.retry_at.is_some()) => {
+                    || self.push.as_ref().is_some_and(|p| p.retry_at.is_some())
+                    || !self.waiters.is_empty() => {
                     self.retry_fetches();
+                    self.expire_waiters();
                 }
             }
             if let Err(e) = self.drain() {
@@ -353,12 +388,27 @@ impl EdgeNode {
                 offset,
                 max_len,
             } => {
-                let bytes = self.store.model(&digest).ok().flatten();
-                let total = bytes.as_ref().map(|b| b.len() as u64);
-                crate::net::model_chunk(digest, total, offset, max_len, |at, len| {
-                    let at = at as usize;
-                    bytes.as_ref().map(|b| b[at..at + len].to_vec())
-                })
+                // Models held in memory or on disk, then the bytes of a fetch under way.
+                if self.models.in_memory(&digest).is_none() {
+                    let _ = self.models.get(&digest);
+                }
+                match self.chunk_for(digest, offset, max_len) {
+                    Some(frame) => frame,
+                    None if self.waiters.len() < MAX_WAITERS => {
+                        self.waiters.push(Waiter {
+                            digest,
+                            offset,
+                            max_len,
+                            channel,
+                            until: tokio::time::Instant::now() + HOLD,
+                        });
+                        return;
+                    }
+                    None => Frame {
+                        header: DataResponse::NotFound,
+                        payload: vec![],
+                    },
+                }
             }
             DataRequest::PushUpdate(_) => Frame {
                 header: DataResponse::UpdateAck {
@@ -371,6 +421,72 @@ impl EdgeNode {
             },
         };
         self.net.data_respond(channel, &response);
+    }
+
+    /// The answer to a model-chunk request from what is in memory: a held model, or the
+    /// received prefix of a fetch under way. `None`: not here (yet).
+    fn chunk_for(&self, digest: Digest, offset: u64, max_len: u32) -> Option<Frame<DataResponse>> {
+        if let Some(bytes) = self.models.in_memory(&digest) {
+            return Some(crate::net::model_chunk(
+                digest,
+                Some(bytes.len() as u64),
+                offset,
+                max_len,
+                |at, len| {
+                    bytes
+                        .get(at as usize..at as usize + len)
+                        .map(<[u8]>::to_vec)
+                },
+            ));
+        }
+        let f = self.fetches.get(&digest)?;
+        let have = f.buf.len() as u64;
+        if f.total_len == 0 || offset >= have {
+            return None;
+        }
+        let len = u32::try_from(have - offset)
+            .unwrap_or(u32::MAX)
+            .min(max_len);
+        Some(crate::net::model_chunk(
+            digest,
+            Some(f.total_len),
+            offset,
+            len,
+            |at, len| {
+                f.buf
+                    .get(at as usize..at as usize + len)
+                    .map(<[u8]>::to_vec)
+            },
+        ))
+    }
+
+    /// Answers held requests that can be answered now.
+    fn answer_waiters(&mut self) {
+        let mut still = Vec::new();
+        for w in std::mem::take(&mut self.waiters) {
+            match self.chunk_for(w.digest, w.offset, w.max_len) {
+                Some(frame) => self.net.data_respond(w.channel, &frame),
+                None => still.push(w),
+            }
+        }
+        self.waiters = still;
+    }
+
+    /// Answers held requests whose time is up with `NotFound` (the peer asks again or
+    /// turns to the anchor).
+    fn expire_waiters(&mut self) {
+        let now = tokio::time::Instant::now();
+        let (expired, still) = std::mem::take(&mut self.waiters)
+            .into_iter()
+            .partition::<Vec<_>, _>(|w| w.until <= now);
+        self.waiters = still;
+        for w in expired {
+            let frame = Frame {
+                header: DataResponse::NotFound,
+                payload: vec![],
+            };
+            self.net.data_respond(w.channel, &frame);
+        }
     }
 
     fn round_parent(&self, round: u64) -> Option<String> {
@@ -398,18 +514,18 @@ impl EdgeNode {
         }
     }
 
-    /// Makes sure the model `digest` is (or will be) in the local store, fetching it from
-    /// `source` if not; returns it if it is here already.
+    /// Makes sure the model `digest` is (or will be) held here, fetching it from `source`
+    /// if not; returns it if it is here already.
     fn ensure_model_from(
         &mut self,
         digest: Digest,
         parent: Option<&str>,
         source: PeerId,
     ) -> Option<ParamSet> {
-        if let Ok(Some(bytes)) = self.store.model(&digest) {
+        if let Some(bytes) = self.models.get(&digest) {
             match ParamSet::from_bytes(&bytes) {
                 Ok(p) => return Some(p),
-                Err(e) => warn!("cached model {} is corrupt: {e}", short_hex(&digest)),
+                Err(e) => warn!("held model {} does not decode: {e}", short_hex(&digest)),
             }
         }
         if !self.fetches.contains_key(&digest) {
@@ -420,6 +536,7 @@ impl EdgeNode {
                 digest,
                 Fetch {
                     buf: Vec::new(),
+                    total_len: 0,
                     source,
                     attempts: 0,
                     span: Some(span),
@@ -460,10 +577,17 @@ impl EdgeNode {
             }) if d == digest && offset == f.buf.len() as u64 && total_len <= MAX_MODEL_BYTES => {
                 if f.buf.len() as u64 + payload.len() as u64 > total_len
                     || payload.is_empty() && offset < total_len
+                    || f.total_len != 0 && f.total_len != total_len
                 {
                     Err("chunk overruns the model".to_owned())
                 } else {
+                    if f.buf.is_empty() {
+                        f.total_len = total_len;
+                        f.buf.reserve_exact(total_len as usize);
+                    }
                     f.buf.extend_from_slice(&payload);
+                    // The source is alive and sending: its deadline moves on.
+                    f.fallback_at = tokio::time::Instant::now() + PEER_FALLBACK;
                     Ok(f.buf.len() as u64 == total_len)
                 }
             }
@@ -475,23 +599,33 @@ impl EdgeNode {
             Err(e) => Err(e),
         };
         match outcome {
-            Ok(false) => self.request_chunk(digest),
+            Ok(false) => {
+                self.request_chunk(digest);
+                self.answer_waiters();
+            }
             Ok(true) => {
+                if digest_of(&f.buf) != digest {
+                    if f.source == self.anchor {
+                        self.fetches.remove(&digest);
+                        self.fetch_failed(digest, "digest mismatch");
+                    } else {
+                        warn!(
+                            "model {} from a peer failed its digest check; fetching it from the anchor",
+                            short_hex(&digest)
+                        );
+                        f.source = self.anchor;
+                        f.buf = Vec::new();
+                        f.total_len = 0;
+                        self.request_chunk(digest);
+                    }
+                    return;
+                }
                 let Some(f) = self.fetches.remove(&digest) else {
                     return;
                 };
-                if digest_of(&f.buf) != digest {
-                    warn!(
-                        "model {} failed its digest check; refetching",
-                        short_hex(&digest)
-                    );
-                    self.fetch_failed(digest, "digest mismatch");
-                    return;
-                }
-                if let Err(e) = self.store.put_model(&digest, &f.buf) {
-                    warn!("caching model: {e}");
-                }
                 drop(f.span);
+                self.models.put(digest, f.buf);
+                self.answer_waiters();
                 self.model_ready(digest);
             }
             Err(e) if f.source != self.anchor => {
@@ -501,8 +635,13 @@ impl EdgeNode {
                 if now < f.fallback_at && e.contains("does not hold") {
                     f.retry_at = Some(now + PEER_RETRY);
                 } else {
+                    info!(
+                        "peer source of model {} is stalled ({e}); fetching from the anchor",
+                        short_hex(&digest)
+                    );
                     f.source = self.anchor;
-                    f.buf.clear();
+                    f.buf = Vec::new();
+                    f.total_len = 0;
                     self.request_chunk(digest);
                 }
             }
@@ -766,7 +905,7 @@ impl EdgeNode {
         if val.is_empty() {
             return;
         }
-        let Ok(Some(bytes)) = self.store.model(&digest) else {
+        let Some(bytes) = self.models.get(&digest) else {
             return;
         };
         let Ok(params) = ParamSet::from_bytes(&bytes) else {

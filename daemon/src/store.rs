@@ -9,7 +9,7 @@
 //!   the round log and the protocol core's durable state. A version commit is one synced
 //!   batch, so a `kill -9` leaves either the whole commit or none of it.
 //! * [`EdgeStore`]: sensor readings keyed by `(machine, cycle)`, failure events, local
-//!   state and a cache of global models that edges serve to each other.
+//!   state. Edges keep global models as files ([`crate::models::ModelCache`]).
 //!
 //! All calls block (RocksDB is synchronous, and synced writes wait for `fsync`); from
 //! async code call them through `tokio::task::spawn_blocking`. Both stores are cheap to
@@ -366,11 +366,12 @@ fn check_version_key(key: &[u8], rec: &VersionRecord) -> Result<(), StoreError> 
     Ok(())
 }
 
-/// The edge's store: sensor readings, failure events, local state and a model cache.
+/// The edge's store: sensor readings, failure events and local state.
 ///
 /// Column families: `readings` (`(machine u32 BE, cycle u32 BE)` → row as raw
 /// little-endian `f32`s), `failures` (machine `u32` BE → failure cycle `u32` BE),
-/// `state` (string keys), `models` (digest → model bytes).
+/// `state` (string keys); `models` is no longer written (edges keep models as files)
+/// and is only opened so that stores from earlier releases still open.
 ///
 /// Cycles are numbered from 1, as in C-MAPSS; a machine's failure cycle is its last
 /// recorded cycle.
@@ -645,18 +646,6 @@ impl EdgeStore {
     /// The local state value under `key`, if any.
     pub fn state(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.db.get_cf(cf(&self.db, CF_STATE)?, key.as_bytes())?)
-    }
-
-    /// Caches a global model under its digest (not synced: a lost cache entry is
-    /// fetched again).
-    pub fn put_model(&self, digest: &[u8; 32], bytes: &[u8]) -> Result<(), StoreError> {
-        self.db.put_cf(cf(&self.db, CF_MODELS)?, digest, bytes)?;
-        Ok(())
-    }
-
-    /// The cached model under `digest`, if any.
-    pub fn model(&self, digest: &[u8; 32]) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.db.get_cf(cf(&self.db, CF_MODELS)?, digest)?)
     }
 }
 
@@ -942,20 +931,14 @@ mod tests {
     }
 
     #[test]
-    fn edge_state_and_model_cache_survive_reopen() {
+    fn edge_state_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
         {
             let s = EdgeStore::open(dir.path()).unwrap();
             s.put_state("scaler", b"minmax").unwrap();
-            s.put_model(&[1u8; 32], b"global-v1").unwrap();
         }
         let s = EdgeStore::open(dir.path()).unwrap();
         assert_eq!(s.state("scaler").unwrap().as_deref(), Some(&b"minmax"[..]));
         assert_eq!(s.state("other").unwrap(), None);
-        assert_eq!(
-            s.model(&[1u8; 32]).unwrap().as_deref(),
-            Some(&b"global-v1"[..])
-        );
-        assert_eq!(s.model(&[2u8; 32]).unwrap(), None);
     }
 }

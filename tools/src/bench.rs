@@ -201,7 +201,7 @@ pub fn rounds(opts: RoundsOptions) -> Result<()> {
     let latest = store
         .latest_version()?
         .ok_or_else(|| anyhow::anyhow!("the anchor committed nothing"))?;
-    let bytes = std::fs::read(fedd::anchor::model_path(
+    let bytes = std::fs::read(fedd::models::model_path(
         &anchor_dir.join("models"),
         &latest.digest,
     ))?;
