@@ -417,7 +417,7 @@ impl AnchorNode {
                 }
             }
         };
-        self.net.data_respond(channel, &response);
+        self.net.data_respond(channel, response);
     }
 
     fn serve_model(&self, digest: Digest, offset: u64, max_len: u32) -> Frame<DataResponse> {
@@ -428,7 +428,9 @@ impl AnchorNode {
             .and_then(|f| f.metadata().ok())
             .map(|m| m.len());
         crate::net::model_chunk(digest, total, offset, max_len, |at, len| {
-            let mut payload = vec![0u8; len];
+            // Room for the frame's trailer, so encoding does not move the payload.
+            let mut payload = Vec::with_capacity(len + netproto::wire::MAX_DATA_HEADER + 4);
+            payload.resize(len, 0);
             let file = file?;
             std::os::unix::fs::FileExt::read_exact_at(&file, &mut payload, at).ok()?;
             Some(payload)

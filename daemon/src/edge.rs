@@ -76,6 +76,10 @@ const PEER_FALLBACK: Duration = Duration::from_secs(15);
 const HOLD: Duration = Duration::from_secs(1);
 /// Requests held open at once; more are answered `NotFound` at once.
 const MAX_WAITERS: usize = 64;
+/// Bytes asked for per model-chunk request: well under [`MAX_CHUNK`], so that a model
+/// flows down the distribution tree in a pipeline (a peer forwards the first chunk while
+/// the next is on its way to it).
+const FETCH_CHUNK: u32 = 1 << 20;
 /// Global models an edge keeps (the current one and its predecessor).
 const KEEP_MODELS: usize = 2;
 
@@ -420,7 +424,7 @@ impl EdgeNode {
                 payload: vec![],
             },
         };
-        self.net.data_respond(channel, &response);
+        self.net.data_respond(channel, response);
     }
 
     /// The answer to a model-chunk request from what is in memory: a held model, or the
@@ -465,7 +469,7 @@ impl EdgeNode {
         let mut still = Vec::new();
         for w in std::mem::take(&mut self.waiters) {
             match self.chunk_for(w.digest, w.offset, w.max_len) {
-                Some(frame) => self.net.data_respond(w.channel, &frame),
+                Some(frame) => self.net.data_respond(w.channel, frame),
                 None => still.push(w),
             }
         }
@@ -485,7 +489,7 @@ impl EdgeNode {
                 header: DataResponse::NotFound,
                 payload: vec![],
             };
-            self.net.data_respond(w.channel, &frame);
+            self.net.data_respond(w.channel, frame);
         }
     }
 
@@ -504,12 +508,12 @@ impl EdgeNode {
             header: DataRequest::FetchModel {
                 digest,
                 offset: f.buf.len() as u64,
-                max_len: MAX_CHUNK as u32,
+                max_len: FETCH_CHUNK,
             },
             payload: vec![],
         };
         let source = f.source;
-        if let Some(id) = self.net.data_request(source, &frame) {
+        if let Some(id) = self.net.data_request(source, frame) {
             self.pending.insert(id, Pending::Fetch(digest));
         }
     }
@@ -838,10 +842,10 @@ impl EdgeNode {
                 payload_digest: p.digest,
                 trace: p.span.as_ref().map(NodeSpan::traceparent),
             }),
-            payload: p.bytes[p.offset..end].to_vec(),
+            payload: Frame::<DataRequest>::payload_from(&p.bytes[p.offset..end]),
         };
         let round = p.round;
-        if let Some(id) = self.net.data_request(self.anchor, &frame) {
+        if let Some(id) = self.net.data_request(self.anchor, frame) {
             self.pending.insert(id, Pending::Push(round));
         }
     }

@@ -266,11 +266,12 @@ impl Net {
     pub fn data_request(
         &mut self,
         to: PeerId,
-        frame: &Frame<DataRequest>,
+        frame: Frame<DataRequest>,
     ) -> Option<OutboundRequestId> {
-        match frame.encode() {
+        let payload = frame.payload.len() as u64;
+        match frame.into_bytes() {
             Ok(bytes) => {
-                self.bytes_out += frame.payload.len() as u64;
+                self.bytes_out += payload;
                 Some(self.swarm.behaviour_mut().data.send_request(&to, bytes))
             }
             Err(e) => {
@@ -281,10 +282,11 @@ impl Net {
     }
 
     /// Answers a data-plane request.
-    pub fn data_respond(&mut self, channel: ResponseChannel<Vec<u8>>, frame: &Frame<DataResponse>) {
-        match frame.encode() {
+    pub fn data_respond(&mut self, channel: ResponseChannel<Vec<u8>>, frame: Frame<DataResponse>) {
+        let payload = frame.payload.len() as u64;
+        match frame.into_bytes() {
             Ok(bytes) => {
-                self.bytes_out += frame.payload.len() as u64;
+                self.bytes_out += payload;
                 if self
                     .swarm
                     .behaviour_mut()
@@ -396,7 +398,7 @@ impl Net {
                     if !self.admitted(&peer) {
                         return NetEvent::Nothing;
                     }
-                    match Frame::<DataRequest>::decode(&request) {
+                    match Frame::<DataRequest>::from_bytes(request) {
                         Ok(frame) => NetEvent::DataRequest {
                             peer,
                             frame,
@@ -413,7 +415,7 @@ impl Net {
                     response,
                 } => NetEvent::DataResponse {
                     id: request_id,
-                    result: Frame::<DataResponse>::decode(&response).map_err(|e| e.to_string()),
+                    result: Frame::<DataResponse>::from_bytes(response).map_err(|e| e.to_string()),
                 },
             },
             SwarmEvent::Behaviour(BehaviourEvent::Data(

@@ -315,8 +315,11 @@ impl ParamSet {
         out.extend_from_slice(&(layout.len() as u32).to_le_bytes());
         out.extend_from_slice(&layout);
         out.extend_from_slice(&(self.values.len() as u64).to_le_bytes());
-        for v in &self.values {
-            out.extend_from_slice(&v.to_le_bytes());
+        // Sized once and filled in place: a loop the compiler turns into plain copies.
+        let start = out.len();
+        out.resize(start + self.values.len() * 4, 0);
+        for (dst, v) in out[start..].chunks_exact_mut(4).zip(&self.values) {
+            dst.copy_from_slice(&v.to_le_bytes());
         }
         out
     }
@@ -362,10 +365,10 @@ impl ParamSet {
                 actual: rest.len() / 4,
             });
         }
-        let values = rest
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
+        let mut values = vec![0f32; expected];
+        for (v, c) in values.iter_mut().zip(rest.chunks_exact(4)) {
+            *v = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        }
         Ok(Self { specs, values })
     }
 }

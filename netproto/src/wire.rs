@@ -506,8 +506,19 @@ pub struct Frame<H> {
 }
 
 impl<H: Serialize + serde::de::DeserializeOwned> Frame<H> {
-    /// Encodes as `u32 LE header length | header | payload`.
-    pub fn encode(&self) -> Result<Vec<u8>, CodecError> {
+    /// A payload buffer holding `bytes` with room for the trailer, so that
+    /// [`Frame::into_bytes`] appends the header without moving the payload.
+    pub fn payload_from(bytes: &[u8]) -> Vec<u8> {
+        let mut v = Vec::with_capacity(bytes.len() + MAX_DATA_HEADER + 4);
+        v.extend_from_slice(bytes);
+        v
+    }
+
+    /// Encodes as `payload | header | u32 LE header length`: the header goes *after* the
+    /// payload so that both directions reuse the payload's buffer (no copy of the
+    /// model bytes): [`Frame::into_bytes`] appends to it, [`Frame::from_bytes`]
+    /// truncates it.
+    pub fn into_bytes(self) -> Result<Vec<u8>, CodecError> {
         let header = postcard::to_allocvec(&self.header)
             .map_err(|e| CodecError::Malformed(e.to_string()))?;
         if header.len() > MAX_DATA_HEADER {
@@ -522,14 +533,60 @@ impl<H: Serialize + serde::de::DeserializeOwned> Frame<H> {
                 limit: MAX_CHUNK,
             });
         }
-        let mut out = Vec::with_capacity(4 + header.len() + self.payload.len());
-        out.extend_from_slice(&(header.len() as u32).to_le_bytes());
+        let mut out = self.payload;
+        out.reserve_exact(header.len() + 4);
         out.extend_from_slice(&header);
-        out.extend_from_slice(&self.payload);
+        out.extend_from_slice(&(header.len() as u32).to_le_bytes());
         Ok(out)
     }
 
-    /// Decodes untrusted bytes, bounded by [`MAX_DATA_FRAME`].
+    /// Encodes a copy (see [`Frame::into_bytes`] for the layout).
+    pub fn encode(&self) -> Result<Vec<u8>, CodecError>
+    where
+        H: Clone,
+    {
+        Frame {
+            header: self.header.clone(),
+            payload: Self::payload_from(&self.payload),
+        }
+        .into_bytes()
+    }
+
+    /// Decodes untrusted bytes, bounded by [`MAX_DATA_FRAME`], keeping the buffer as the
+    /// payload.
+    pub fn from_bytes(mut bytes: Vec<u8>) -> Result<Self, CodecError> {
+        if bytes.len() > MAX_DATA_FRAME {
+            return Err(CodecError::TooLarge {
+                len: bytes.len(),
+                limit: MAX_DATA_FRAME,
+            });
+        }
+        let (rest, len_bytes) = bytes
+            .split_last_chunk::<4>()
+            .ok_or_else(|| CodecError::Malformed("frame shorter than its length trailer".into()))?;
+        let header_len = u32::from_le_bytes(*len_bytes) as usize;
+        if header_len > MAX_DATA_HEADER || header_len > rest.len() {
+            return Err(CodecError::Malformed(format!(
+                "header length {header_len} out of bounds"
+            )));
+        }
+        let payload_len = rest.len() - header_len;
+        let header: H = postcard::from_bytes(&rest[payload_len..])
+            .map_err(|e| CodecError::Malformed(e.to_string()))?;
+        if payload_len > MAX_CHUNK {
+            return Err(CodecError::TooLarge {
+                len: payload_len,
+                limit: MAX_CHUNK,
+            });
+        }
+        bytes.truncate(payload_len);
+        Ok(Self {
+            header,
+            payload: bytes,
+        })
+    }
+
+    /// Decodes a copy of untrusted bytes (see [`Frame::from_bytes`]).
     pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
         if bytes.len() > MAX_DATA_FRAME {
             return Err(CodecError::TooLarge {
@@ -537,28 +594,7 @@ impl<H: Serialize + serde::de::DeserializeOwned> Frame<H> {
                 limit: MAX_DATA_FRAME,
             });
         }
-        let (len_bytes, rest) = bytes
-            .split_first_chunk::<4>()
-            .ok_or_else(|| CodecError::Malformed("frame shorter than its length prefix".into()))?;
-        let header_len = u32::from_le_bytes(*len_bytes) as usize;
-        if header_len > MAX_DATA_HEADER || header_len > rest.len() {
-            return Err(CodecError::Malformed(format!(
-                "header length {header_len} out of bounds"
-            )));
-        }
-        let (header_bytes, payload) = rest.split_at(header_len);
-        let header: H =
-            postcard::from_bytes(header_bytes).map_err(|e| CodecError::Malformed(e.to_string()))?;
-        if payload.len() > MAX_CHUNK {
-            return Err(CodecError::TooLarge {
-                len: payload.len(),
-                limit: MAX_CHUNK,
-            });
-        }
-        Ok(Self {
-            header,
-            payload: payload.to_vec(),
-        })
+        Self::from_bytes(bytes.to_vec())
     }
 }
 
