@@ -123,7 +123,14 @@ struct Upload {
     weight: u64,
     total: u64,
     digest: Digest,
-    buf: Vec<u8>,
+    /// Bytes received so far.
+    received: u64,
+    /// The bytes of a value split across two chunks (fewer than 4).
+    carry: Vec<u8>,
+    /// The folded values' raw bytes, kept for an exact rollback in an unnamed temporary
+    /// file: an upload in flight costs the anchor one chunk of memory, not a model's worth
+    /// (the page cache holds the rest, and drops it unwritten once the upload is done).
+    spill: File,
     hasher: blake3::Hasher,
     /// Values folded into the sum so far.
     folded: usize,
@@ -142,6 +149,10 @@ pub struct StreamingAggregator {
     total_weight: u64,
     /// Raw bytes of one block of base values (reused).
     scratch: Vec<u8>,
+    /// Where uploads spill their folded bytes (the base model's directory).
+    spill_dir: PathBuf,
+    /// A rollback failed to read its spill file: the sum is no longer trustworthy.
+    broken: bool,
 }
 
 /// Folds one block of raw little-endian `f32` update values into `sum` with weight `w`
@@ -184,7 +195,13 @@ impl StreamingAggregator {
     /// updates within `max_norm` (L2) of the base.
     pub fn new(base: BaseModel, slots: usize, max_norm: f64) -> Result<Self, UploadError> {
         let base_file = File::open(&base.path)?;
+        let spill_dir = base
+            .path
+            .parent()
+            .map_or_else(std::env::temp_dir, Path::to_path_buf);
         Ok(Self {
+            spill_dir,
+            broken: false,
             sum: vec![0.0; base.values],
             base,
             base_file,
@@ -197,9 +214,11 @@ impl StreamingAggregator {
         })
     }
 
-    /// Upload slots that fit in `budget_bytes` for models of `model_len` bytes (1 to 64).
-    pub fn slots_for(model_len: u64, budget_bytes: u64) -> usize {
-        (budget_bytes / model_len.max(1)).clamp(1, 64) as usize
+    /// Upload slots whose chunks in flight fit in `budget_bytes` (1 to 64): an upload
+    /// holds at most one data frame of up to `max_chunk` bytes in memory, whatever the
+    /// model's size.
+    pub fn slots_for(max_chunk: u64, budget_bytes: u64) -> usize {
+        (budget_bytes / max_chunk.max(1)).clamp(1, 64) as usize
     }
 
     /// Updates folded in completely.
@@ -239,7 +258,9 @@ impl StreamingAggregator {
                 weight,
                 total,
                 digest,
-                buf: Vec::new(),
+                received: 0,
+                carry: Vec::new(),
+                spill: tempfile::tempfile_in(&self.spill_dir)?,
                 hasher: blake3::Hasher::new(),
                 folded: 0,
                 sq_norm: 0.0,
@@ -276,48 +297,90 @@ impl StreamingAggregator {
         offset: u64,
         payload: &[u8],
     ) -> Result<bool, UploadError> {
-        if offset != up.buf.len() as u64 || up.buf.len() as u64 + payload.len() as u64 > up.total {
+        if offset != up.received || up.received + payload.len() as u64 > up.total {
             return Err(UploadError::OutOfSequence {
                 got: offset,
-                expected: up.buf.len() as u64,
+                expected: up.received,
             });
         }
-        up.buf.extend_from_slice(payload);
+        let before = up.received as usize;
         up.hasher.update(payload);
+        up.received += payload.len() as u64;
+        let mut input = payload;
+        // The layout header (possibly split across chunks) must be the base model's.
         let header = self.base.header.len();
-        if up.folded == 0 && up.buf.len() >= header && up.buf[..header] != self.base.header[..] {
-            return Err(UploadError::Layout);
-        }
-        let complete = up.buf.len().saturating_sub(header) / 4;
-        let w = up.weight as f64;
-        while up.folded < complete {
-            let n = (complete - up.folded).min(BLOCK);
-            let start = up.folded;
-            let raw = &up.buf[header + start * 4..header + (start + n) * 4];
-            if let Some(j) = raw
-                .chunks_exact(4)
-                .position(|b| !f32::from_le_bytes([b[0], b[1], b[2], b[3]]).is_finite())
-            {
-                // Nothing of this block is in the sum: the rollback undoes the blocks before.
-                return Err(UploadError::NonFinite(start + j));
+        if before < header {
+            let n = (header - before).min(input.len());
+            if input[..n] != self.base.header[before..before + n] {
+                return Err(UploadError::Layout);
             }
-            self.base
-                .read_values(&self.base_file, start, &mut self.scratch, n)?;
-            up.sq_norm += fold_block(&mut self.sum[start..start + n], raw, &self.scratch, w);
-            up.folded += n;
+            input = &input[n..];
         }
-        Ok(up.buf.len() as u64 == up.total)
+        // Complete a value split across the previous chunk's end.
+        if !up.carry.is_empty() {
+            let n = (4 - up.carry.len()).min(input.len());
+            up.carry.extend_from_slice(&input[..n]);
+            input = &input[n..];
+            if up.carry.len() == 4 {
+                let value = std::mem::take(&mut up.carry);
+                self.fold_values(up, &value)?;
+            }
+        }
+        let whole = input.len() / 4 * 4;
+        self.fold_values(up, &input[..whole])?;
+        up.carry.extend_from_slice(&input[whole..]);
+        Ok(up.received == up.total)
     }
 
-    fn rollback(&mut self, up: &Upload) {
-        let header = self.base.header.len();
-        let w = up.weight as f64;
-        for (i, b) in up.buf[header.min(up.buf.len())..]
+    /// Validates whole raw values of `up` (the next ones after those folded), spills them
+    /// and folds them into the sum.
+    fn fold_values(&mut self, up: &mut Upload, raw: &[u8]) -> Result<(), UploadError> {
+        if raw.is_empty() {
+            return Ok(());
+        }
+        if up.folded + raw.len() / 4 > self.base.values {
+            return Err(UploadError::Layout);
+        }
+        if let Some(j) = raw
             .chunks_exact(4)
-            .take(up.folded)
-            .enumerate()
+            .position(|b| !f32::from_le_bytes([b[0], b[1], b[2], b[3]]).is_finite())
         {
-            self.sum[i] -= w * f64::from(f32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+            // Nothing of `raw` is in the sum: the rollback undoes the values before it.
+            return Err(UploadError::NonFinite(up.folded + j));
+        }
+        up.spill.write_all(raw)?;
+        let w = up.weight as f64;
+        for block in raw.chunks(BLOCK * 4) {
+            let (start, n) = (up.folded, block.len() / 4);
+            self.base
+                .read_values(&self.base_file, start, &mut self.scratch, n)?;
+            up.sq_norm += fold_block(&mut self.sum[start..start + n], block, &self.scratch, w);
+            up.folded += n;
+        }
+        Ok(())
+    }
+
+    /// Subtracts exactly what `up` added to the sum, reading its values back from its
+    /// spill file.
+    fn rollback(&mut self, up: &Upload) {
+        let w = up.weight as f64;
+        let mut raw = vec![0u8; BLOCK * 4];
+        let mut start = 0;
+        while start < up.folded {
+            let n = (up.folded - start).min(BLOCK);
+            let block = &mut raw[..n * 4];
+            if let Err(e) = up.spill.read_exact_at(block, (start * 4) as u64) {
+                tracing::error!("rolling back an update failed ({e}); this round's sum is lost");
+                self.broken = true;
+                return;
+            }
+            for (s, b) in self.sum[start..start + n]
+                .iter_mut()
+                .zip(block.chunks_exact(4))
+            {
+                *s -= w * f64::from(f32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+            }
+            start += n;
         }
     }
 
@@ -333,7 +396,7 @@ impl StreamingAggregator {
             .uploads
             .remove(sender)
             .ok_or_else(|| UploadError::NotStarted.to_string())?;
-        let verdict = if up.buf.len() as u64 != up.total || up.folded != self.base.values {
+        let verdict = if up.received != up.total || up.folded != self.base.values {
             Err(UploadError::NotStarted.to_string())
         } else if *up.hasher.finalize().as_bytes() != up.digest {
             Err(UploadError::Digest.to_string())
@@ -377,6 +440,11 @@ impl StreamingAggregator {
     /// Writes the weighted mean as a model file in `dir`, named by its BLAKE3 digest,
     /// block by block (fsynced, then renamed into place). Returns (digest, path, length).
     pub fn write_mean(&self, dir: &Path) -> Result<(Digest, PathBuf, u64), UploadError> {
+        if self.broken {
+            return Err(UploadError::Io(
+                "a rolled-back update could not be read back; the sum is not exact".into(),
+            ));
+        }
         if self.total_weight == 0 {
             return Err(UploadError::Io("no update to aggregate".into()));
         }
@@ -537,7 +605,8 @@ mod tests {
         assert_eq!(bytes.len() as u64, n);
         assert_eq!(*blake3::hash(&bytes).as_bytes(), digest);
         assert_eq!(ParamSet::from_bytes(&bytes).unwrap().values(), &[3.5; 10]);
-        assert_eq!(StreamingAggregator::slots_for(40 << 20, 48 << 20), 1);
         assert_eq!(StreamingAggregator::slots_for(4 << 20, 48 << 20), 12);
+        assert_eq!(StreamingAggregator::slots_for(64 << 20, 48 << 20), 1);
+        assert_eq!(StreamingAggregator::slots_for(1, 48 << 20), 64);
     }
 }

@@ -31,8 +31,9 @@ use tracing::{debug, info, warn};
 /// last round's evaluation metrics reach MLflow before the run is finished.
 const EVAL_DRAIN: Duration = Duration::from_secs(5);
 
-/// Memory the anchor may spend on buffered uploads (beyond the running sum), which
-/// bounds the number of concurrent uploads: see [`StreamingAggregator::slots_for`].
+/// Memory the anchor may spend on update chunks in flight (one data frame per upload;
+/// uploads spill to temporary files), which bounds the number of concurrent uploads:
+/// see [`StreamingAggregator::slots_for`].
 const UPLOAD_BUDGET: u64 = 48 << 20;
 /// How long an edge waits before asking again for an upload slot.
 const BUSY_RETRY_MS: u32 = 20;
@@ -664,6 +665,7 @@ impl AnchorNode {
             duration_ms,
             bytes_in: open.bytes_in,
             committed_at_ms: now,
+            bytes_out_at_commit: self.net.bytes_out,
         });
         if self.status.rounds.len() > MAX_STATUS_ROUNDS {
             self.status.rounds.remove(0);
@@ -782,7 +784,10 @@ impl AnchorNode {
                     participants: plan.participants.len(),
                     agg: StreamingAggregator::new(
                         self.global.clone(),
-                        StreamingAggregator::slots_for(self.global.len, UPLOAD_BUDGET),
+                        StreamingAggregator::slots_for(
+                            netproto::wire::MAX_CHUNK as u64,
+                            UPLOAD_BUDGET,
+                        ),
                         self.cfg.model.max_update_norm,
                     )
                     .context("preparing the round's aggregate")?,

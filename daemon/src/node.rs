@@ -71,6 +71,9 @@ pub struct RoundSummary {
     /// When the round committed, in milliseconds since the anchor started.
     #[serde(default)]
     pub committed_at_ms: u64,
+    /// Model bytes the anchor had sent in all, when the round committed.
+    #[serde(default)]
+    pub bytes_out_at_commit: u64,
 }
 
 /// What a node shows about itself: `status.json` in its data dir, and a watch channel

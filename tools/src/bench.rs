@@ -235,7 +235,17 @@ pub fn rounds(opts: RoundsOptions) -> Result<()> {
         .map(|w| w[1].saturating_sub(w[0]) as f64)
         .collect();
     per_round.sort_by(f64::total_cmp);
-    let egress = status.bytes_out as f64 / 1e6 / opts.rounds as f64;
+    // Egress during the measured rounds: up to the last commit (the final version's
+    // distribution after it belongs to a next round). It covers R model distributions:
+    // the genesis model's for round 1 and each commit's but the last.
+    let egress_bytes = status
+        .rounds
+        .iter()
+        .filter(|r| r.version.is_some())
+        .map(|r| r.bytes_out_at_commit)
+        .max()
+        .unwrap_or(status.bytes_out);
+    let egress = egress_bytes as f64 / 1e6 / opts.rounds as f64;
     println!(
         "bench: edges={} params={} rounds={} per_round_ms_median={:.1} per_round_ms_p90={:.1} anchor_peak_rss_mb={:.1} edge_peak_rss_mb={:.1} anchor_egress_mb_per_round={:.2} check={check}",
         opts.edges,
