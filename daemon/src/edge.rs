@@ -15,8 +15,8 @@ use libp2p::request_response::{OutboundRequestId, ResponseChannel};
 use model::{Dataset, ModelSpec, ParamSet, Trajectory};
 use netproto::core::{Edge, Event, Output};
 use netproto::wire::{
-    DataRequest, DataResponse, Digest, FeatureRanges, Frame, MAX_CHUNK, Message, NodeId, RoundPlan,
-    SampleCounts, UpdateHeader, digest_of, short_hex,
+    DataRequest, DataResponse, Digest, FeatureRanges, Frame, MAX_PUSH_CHUNK, Message, NodeId,
+    RoundPlan, SampleCounts, UpdateHeader, digest_of, short_hex,
 };
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -46,6 +46,8 @@ struct Fetch {
     /// The model's size, from the first chunk (0 before).
     total_len: u64,
     source: PeerId,
+    /// Peers to turn to, in order, if the source stalls (then the anchor).
+    fallbacks: std::collections::VecDeque<PeerId>,
     attempts: u32,
     span: Option<NodeSpan>,
     /// When waiting for a peer that does not hold the model yet: ask again at this time.
@@ -76,7 +78,7 @@ const PEER_FALLBACK: Duration = Duration::from_secs(15);
 const HOLD: Duration = Duration::from_secs(1);
 /// Requests held open at once; more are answered `NotFound` at once.
 const MAX_WAITERS: usize = 64;
-/// Bytes asked for per model-chunk request: well under [`MAX_CHUNK`], so that a model
+/// Bytes asked for per model-chunk request: well under [`netproto::wire::MAX_CHUNK`], so that a model
 /// flows down the distribution tree in a pipeline (a peer forwards the first chunk while
 /// the next is on its way to it).
 const FETCH_CHUNK: u32 = 1 << 20;
@@ -88,16 +90,33 @@ const KEEP_MODELS: usize = 2;
 /// every other edge from its parent in the tree, so the anchor sends each version twice
 /// however large the federation is. Edges outside the round fetch from a tree member.
 pub fn tree_source(me: &str, included: &[String]) -> Option<String> {
+    tree_ancestors(me, included).into_iter().next()
+}
+
+/// The peers `me` may fetch a model from in the distribution tree of [`tree_source`],
+/// nearest first: its parent, the parent's parent, and so on up to a child of the anchor
+/// (the anchor itself, the root, is not listed). A stalled source is replaced by the next
+/// one, so a slow edge holds up only its own subtree and the anchor is the last resort.
+pub fn tree_ancestors(me: &str, included: &[String]) -> Vec<String> {
     let mut all: Vec<&str> = included.iter().map(String::as_str).collect();
     all.sort_unstable();
     all.dedup();
-    match all.binary_search(&me) {
-        // The anchor is the tree's root with two children.
-        Ok(0 | 1) => None,
-        Ok(k) => Some(all[(k - 2) / 2].to_owned()),
-        Err(_) if all.is_empty() => None,
-        Err(pos) => Some(all[pos % all.len()].to_owned()),
+    let mut chain = Vec::new();
+    let mut k = match all.binary_search(&me) {
+        Ok(k) => k,
+        Err(_) if all.is_empty() => return chain,
+        Err(pos) => {
+            let k = pos % all.len();
+            chain.push(all[k].to_owned());
+            k
+        }
+    };
+    // The anchor is the tree's root with two children (positions 0 and 1).
+    while k >= 2 {
+        k = (k - 2) / 2;
+        chain.push(all[k].to_owned());
     }
+    chain
 }
 
 /// An update upload in progress.
@@ -518,13 +537,14 @@ impl EdgeNode {
         }
     }
 
-    /// Makes sure the model `digest` is (or will be) held here, fetching it from `source`
-    /// if not; returns it if it is here already.
+    /// Makes sure the model `digest` is (or will be) held here, fetching it from the
+    /// first of `sources` (then the next if one stalls, then the anchor) if not; returns
+    /// it if it is here already.
     fn ensure_model_from(
         &mut self,
         digest: Digest,
         parent: Option<&str>,
-        source: PeerId,
+        sources: Vec<String>,
     ) -> Option<ParamSet> {
         if let Some(bytes) = self.models.get(&digest) {
             match ParamSet::from_bytes(&bytes) {
@@ -533,6 +553,9 @@ impl EdgeNode {
             }
         }
         if !self.fetches.contains_key(&digest) {
+            let mut fallbacks: std::collections::VecDeque<PeerId> =
+                sources.iter().filter_map(|p| peer_id(p).ok()).collect();
+            let source = fallbacks.pop_front().unwrap_or(self.anchor);
             let span =
                 self.tracer
                     .start_span("edge.fetch", parent, vec![("digest", short_hex(&digest))]);
@@ -542,6 +565,7 @@ impl EdgeNode {
                     buf: Vec::new(),
                     total_len: 0,
                     source,
+                    fallbacks,
                     attempts: 0,
                     span: Some(span),
                     retry_at: None,
@@ -638,6 +662,17 @@ impl EdgeNode {
                 let now = tokio::time::Instant::now();
                 if now < f.fallback_at && e.contains("does not hold") {
                     f.retry_at = Some(now + PEER_RETRY);
+                } else if let Some(next) = f.fallbacks.pop_front() {
+                    info!(
+                        "peer source of model {} is stalled ({e}); turning to {next}",
+                        short_hex(&digest)
+                    );
+                    // The same bytes from a nearer-the-root peer: resume where we are
+                    // (the digest check at the end catches any mix-up, and then the
+                    // model is fetched whole from the anchor).
+                    f.source = next;
+                    f.fallback_at = now + PEER_FALLBACK;
+                    self.request_chunk(digest);
                 } else {
                     info!(
                         "peer source of model {} is stalled ({e}); fetching from the anchor",
@@ -732,13 +767,11 @@ impl EdgeNode {
         // The base model comes down the same distribution tree, over the round's
         // participants, as new versions do.
         let participants: Vec<String> = plan.participants.iter().map(ToString::to_string).collect();
-        let source = tree_source(self.net.me().as_str(), &participants)
-            .and_then(|p| peer_id(&p).ok())
-            .unwrap_or(self.anchor);
+        let sources = tree_ancestors(self.net.me().as_str(), &participants);
         let Some(base) = self.ensure_model_from(
             plan.base_digest,
             self.round_parent(plan.round).as_deref(),
-            source,
+            sources,
         ) else {
             self.waiting_for_base = Some(plan);
             return;
@@ -827,7 +860,7 @@ impl EdgeNode {
         };
         // Before the slot is granted the frame carries no payload.
         let end = if p.begun {
-            p.bytes.len().min(p.offset + MAX_CHUNK)
+            p.bytes.len().min(p.offset + MAX_PUSH_CHUNK)
         } else {
             p.offset
         };
@@ -1031,11 +1064,9 @@ impl EdgeNode {
                     self.want_eval = Some((commit.version, commit.digest, parent.clone()));
                     let included: Vec<String> =
                         commit.included.iter().map(ToString::to_string).collect();
-                    let source = tree_source(self.net.me().as_str(), &included)
-                        .and_then(|p| peer_id(&p).ok())
-                        .unwrap_or(self.anchor);
+                    let sources = tree_ancestors(self.net.me().as_str(), &included);
                     if self
-                        .ensure_model_from(commit.digest, parent.as_deref(), source)
+                        .ensure_model_from(commit.digest, parent.as_deref(), sources)
                         .is_some()
                     {
                         self.want_eval = None;
@@ -1112,7 +1143,7 @@ pub fn peer_id(s: &str) -> Result<PeerId> {
 
 #[cfg(test)]
 mod tests {
-    use super::tree_source;
+    use super::{tree_ancestors, tree_source};
 
     #[test]
     fn the_distribution_tree_has_one_root_and_fanout_two() {
@@ -1134,5 +1165,24 @@ mod tests {
         // An edge outside the round fetches from a member of it.
         assert!(tree_source("zz", &ids).is_some_and(|s| ids.contains(&s)));
         assert_eq!(tree_source("a", &[]), None);
+    }
+
+    #[test]
+    fn fallbacks_climb_the_tree_towards_the_anchor() {
+        let ids: Vec<String> = (0..15).map(|i| format!("p{i:02}")).collect();
+        // Position 14: parent 6, then 2, then 0 (a child of the anchor).
+        assert_eq!(tree_ancestors("p14", &ids), ["p06", "p02", "p00"]);
+        assert_eq!(tree_ancestors("p03", &ids), ["p00"]);
+        assert!(tree_ancestors("p01", &ids).is_empty());
+        // Every chain ends at a child of the anchor and has at most log2(n) hops.
+        for id in &ids[2..] {
+            let chain = tree_ancestors(id, &ids);
+            assert!(["p00", "p01"].contains(&chain.last().unwrap().as_str()));
+            assert!(chain.len() <= 4, "{id}: {chain:?}");
+        }
+        // An edge outside the round: a member, then that member's ancestors.
+        let outside = tree_ancestors("zz", &ids);
+        assert!(ids.contains(&outside[0]));
+        assert_eq!(&outside[1..], tree_ancestors(&outside[0], &ids).as_slice());
     }
 }

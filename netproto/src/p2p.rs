@@ -9,7 +9,7 @@
 //! - identify and ping for liveness, Kademlia for WAN discovery from bootstrap peers, and
 //!   mDNS for LAN discovery, off unless enabled (it multicasts on every interface).
 
-use crate::wire::{MAX_CONTROL_MESSAGE, MAX_DATA_FRAME};
+use crate::wire::{MAX_CONTROL_MESSAGE, MAX_DATA_FRAME, MAX_DATA_REQUEST};
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::{
     StreamProtocol, Swarm, gossipsub, identify, identity::Keypair, kad, mdns, noise, ping,
@@ -63,17 +63,28 @@ pub enum P2pError {
     Mdns(String),
 }
 
-/// A request-response codec for length-prefixed byte strings with a hard size limit, so a
-/// peer cannot make us allocate more than `max` bytes per message.
+/// A request-response codec for length-prefixed byte strings with hard size limits, so a
+/// peer cannot make us allocate more than `max_request` bytes per request it sends or
+/// `max_response` bytes per response.
 #[derive(Clone, Debug)]
 pub struct BoundedBytes {
-    max: usize,
+    max_request: usize,
+    max_response: usize,
 }
 
 impl BoundedBytes {
     /// A codec refusing messages over `max` bytes.
     pub fn new(max: usize) -> Self {
-        Self { max }
+        Self::asymmetric(max, max)
+    }
+
+    /// A codec refusing requests over `max_request` and responses over `max_response`
+    /// bytes.
+    pub fn asymmetric(max_request: usize, max_response: usize) -> Self {
+        Self {
+            max_request,
+            max_response,
+        }
     }
 }
 
@@ -120,14 +131,14 @@ impl request_response::Codec for BoundedBytes {
     where
         T: AsyncRead + Unpin + Send,
     {
-        read_bounded(io, self.max).await
+        read_bounded(io, self.max_request).await
     }
 
     async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
     where
         T: AsyncRead + Unpin + Send,
     {
-        read_bounded(io, self.max).await
+        read_bounded(io, self.max_response).await
     }
 
     async fn write_request<T>(
@@ -139,7 +150,7 @@ impl request_response::Codec for BoundedBytes {
     where
         T: AsyncWrite + Unpin + Send,
     {
-        write_bounded(io, self.max, req).await
+        write_bounded(io, self.max_request, req).await
     }
 
     async fn write_response<T>(
@@ -151,7 +162,7 @@ impl request_response::Codec for BoundedBytes {
     where
         T: AsyncWrite + Unpin + Send,
     {
-        write_bounded(io, self.max, res).await
+        write_bounded(io, self.max_response, res).await
     }
 }
 
@@ -213,9 +224,9 @@ impl Behaviour {
         } else {
             None
         };
-        let rr = |proto: StreamProtocol, max: usize| {
+        let rr = |proto: StreamProtocol, codec: BoundedBytes| {
             request_response::Behaviour::with_codec(
-                BoundedBytes::new(max),
+                codec,
                 [(proto, request_response::ProtocolSupport::Full)],
                 request_response::Config::default().with_request_timeout(cfg.request_timeout),
             )
@@ -229,8 +240,12 @@ impl Behaviour {
             gossipsub,
             kademlia,
             mdns: mdns.into(),
-            control: rr(CONTROL_PROTOCOL, MAX_CONTROL_MESSAGE),
-            data: rr(DATA_PROTOCOL, MAX_DATA_FRAME),
+            control: rr(CONTROL_PROTOCOL, BoundedBytes::new(MAX_CONTROL_MESSAGE)),
+            // Requests carry at most one update chunk; responses one model chunk.
+            data: rr(
+                DATA_PROTOCOL,
+                BoundedBytes::asymmetric(MAX_DATA_REQUEST, MAX_DATA_FRAME),
+            ),
         })
     }
 }

@@ -21,6 +21,11 @@ pub const MAX_CHUNK: usize = 4 * 1024 * 1024;
 pub const MAX_DATA_HEADER: usize = 4 * 1024;
 /// Upper bound of a whole data-plane frame (header length prefix, header, payload).
 pub const MAX_DATA_FRAME: usize = 4 + MAX_DATA_HEADER + MAX_CHUNK;
+/// Largest update chunk an edge pushes in one request: the anchor holds at most one such
+/// chunk per upload in memory, so this (times the upload slots) bounds its upload memory.
+pub const MAX_PUSH_CHUNK: usize = 1024 * 1024;
+/// Largest data-plane request on the wire (a pushed update chunk with its header).
+pub const MAX_DATA_REQUEST: usize = 4 + MAX_DATA_HEADER + MAX_PUSH_CHUNK;
 /// Upper bound of the participants of one round.
 pub const MAX_PARTICIPANTS: usize = 1024;
 /// Upper bound of the number of features a scaler may describe.
