@@ -34,7 +34,7 @@ const EVAL_DRAIN: Duration = Duration::from_secs(5);
 /// Memory the anchor may spend on update chunks in flight (one data frame per upload;
 /// uploads spill to temporary files), which bounds the number of concurrent uploads:
 /// see [`StreamingAggregator::slots_for`].
-const UPLOAD_BUDGET: u64 = 24 << 20;
+const UPLOAD_BUDGET: u64 = 12 << 20;
 /// How long an edge waits before asking again for an upload slot.
 const BUSY_RETRY_MS: u32 = 20;
 

@@ -256,7 +256,7 @@ pub fn topic(federation: &str) -> gossipsub::IdentTopic {
 }
 
 /// Bytes read from a TCP connection at once (below Noise).
-const READ_BUFFER: usize = 256 * 1024;
+const READ_BUFFER: usize = 64 * 1024;
 /// Deadline for a new connection's security and multiplexer handshakes.
 const UPGRADE_TIMEOUT: Duration = Duration::from_secs(20);
 
