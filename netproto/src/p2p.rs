@@ -13,7 +13,7 @@ use crate::wire::{MAX_CONTROL_MESSAGE, MAX_DATA_FRAME, MAX_DATA_REQUEST};
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::{
     StreamProtocol, Swarm, gossipsub, identify, identity::Keypair, kad, mdns, noise, ping,
-    request_response, tcp, yamux,
+    request_response, tcp,
 };
 use std::io;
 use std::time::Duration;
@@ -256,7 +256,7 @@ pub fn topic(federation: &str) -> gossipsub::IdentTopic {
 }
 
 /// Bytes read from a TCP connection at once (below Noise).
-const READ_BUFFER: usize = 64 * 1024;
+const READ_BUFFER: usize = 128 * 1024;
 /// Deadline for a new connection's security and multiplexer handshakes.
 const UPGRADE_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -278,7 +278,7 @@ pub fn build_swarm(key: Keypair, cfg: &P2pConfig) -> Result<Swarm<Behaviour>, P2
                         .map(|stream, _| futures::io::BufReader::with_capacity(READ_BUFFER, stream))
                         .upgrade(libp2p::core::upgrade::Version::V1Lazy)
                         .authenticate(noise)
-                        .multiplex(yamux::Config::default())
+                        .multiplex(crate::mux::YamuxUpgrade::default())
                         .timeout(UPGRADE_TIMEOUT),
                 )
             },
