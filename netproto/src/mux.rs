@@ -7,7 +7,8 @@
 //! dominated the kernel time of a federated round. This upgrade drives the same `yamux`
 //! connection with 256 KiB frames (the initial stream window; the receiver's flow
 //! control is unchanged), so bulk transfers take 16× fewer frames and syscalls.
-//! Everything else is the `yamux` crate's default.
+//! The number of streams and the connection's receive window are bounded (yamux
+//! defaults: 512 streams, 1 GiB).
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -20,6 +21,10 @@ use libp2p::core::upgrade::{InboundConnectionUpgrade, OutboundConnectionUpgrade,
 
 /// Largest Yamux data frame this node writes.
 pub const SPLIT_SEND_SIZE: usize = 256 * 1024;
+/// Concurrent streams per connection (yamux's default is 512).
+pub const MAX_STREAMS: usize = 128;
+/// Receive window of a whole connection: yamux requires at least 256 KiB per stream.
+pub const MAX_CONNECTION_WINDOW: usize = MAX_STREAMS * 256 * 1024;
 /// Inbound streams kept while nobody asks for them; later ones are dropped (the remote
 /// sees a reset), so a peer opening streams faster than we accept them costs bounded memory.
 const MAX_PENDING_INBOUND: usize = 256;
@@ -34,6 +39,10 @@ impl Default for YamuxUpgrade {
     fn default() -> Self {
         let mut cfg = yamux::Config::default();
         cfg.set_split_send_size(SPLIT_SEND_SIZE);
+        // Bounded buffering: at most MAX_STREAMS streams, and what a peer can make us hold
+        // for streams nobody reads is capped per connection (yamux's default is 1 GiB).
+        cfg.set_max_num_streams(MAX_STREAMS);
+        cfg.set_max_connection_receive_window(Some(MAX_CONNECTION_WINDOW));
         Self { cfg }
     }
 }
