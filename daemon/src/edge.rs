@@ -70,6 +70,8 @@ struct Waiter {
 
 /// How often a peer that does not hold a model yet is asked again.
 const PEER_RETRY: Duration = Duration::from_millis(20);
+/// How long to wait before asking again a peer source that could not be reached.
+const PEER_REDIAL: Duration = Duration::from_millis(500);
 /// How long a peer source may go without sending new bytes before the edge fetches
 /// from the anchor instead.
 const PEER_FALLBACK: Duration = Duration::from_secs(15);
@@ -657,11 +659,18 @@ impl EdgeNode {
                 self.model_ready(digest);
             }
             Err(e) if f.source != self.anchor => {
-                // The peer source does not hold the model yet (or failed): ask again
-                // shortly, until the fallback deadline, then fetch from the anchor.
+                // The peer source does not hold the model yet, or cannot be reached yet
+                // (its address may still be being discovered): ask again shortly, until
+                // it has gone PEER_FALLBACK without sending anything; then turn to the
+                // next ancestor, and at last to the anchor.
                 let now = tokio::time::Instant::now();
-                if now < f.fallback_at && e.contains("does not hold") {
-                    f.retry_at = Some(now + PEER_RETRY);
+                if now < f.fallback_at {
+                    let wait = if e.contains("does not hold") {
+                        PEER_RETRY
+                    } else {
+                        PEER_REDIAL
+                    };
+                    f.retry_at = Some(now + wait);
                 } else if let Some(next) = f.fallbacks.pop_front() {
                     info!(
                         "peer source of model {} is stalled ({e}); turning to {next}",
