@@ -127,14 +127,52 @@ struct Upload {
     received: u64,
     /// The bytes of a value split across two chunks (fewer than 4).
     carry: Vec<u8>,
-    /// The folded values' raw bytes, kept for an exact rollback in an unnamed temporary
-    /// file: an upload in flight costs the anchor one chunk of memory, not a model's worth
-    /// (the page cache holds the rest, and drops it unwritten once the upload is done).
-    spill: File,
+    /// The folded values' raw bytes, kept for an exact rollback.
+    spill: Spill,
     hasher: blake3::Hasher,
     /// Values folded into the sum so far.
     folded: usize,
     sq_norm: f64,
+}
+
+/// Where an upload keeps its folded bytes for an exact rollback: in memory for models up
+/// to [`SPILL_ABOVE`] bytes (cheaper than a file; at most `slots` of them), otherwise in
+/// an unnamed temporary file, so that an upload of a large model costs the anchor one
+/// chunk of memory, not a model's worth (the page cache holds the rest and drops it
+/// unwritten once the upload is done).
+enum Spill {
+    Memory(Vec<u8>),
+    File(File),
+}
+
+/// Models larger than this spill their uploads to files.
+pub const SPILL_ABOVE: u64 = 4 << 20;
+
+impl Spill {
+    fn append(&mut self, raw: &[u8]) -> std::io::Result<()> {
+        match self {
+            Spill::Memory(v) => {
+                v.extend_from_slice(raw);
+                Ok(())
+            }
+            Spill::File(f) => f.write_all(raw),
+        }
+    }
+
+    fn read_at(&self, out: &mut [u8], at: u64) -> std::io::Result<()> {
+        match self {
+            Spill::Memory(v) => {
+                let at = usize::try_from(at).unwrap_or(usize::MAX);
+                let src = at
+                    .checked_add(out.len())
+                    .and_then(|end| v.get(at..end))
+                    .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::UnexpectedEof))?;
+                out.copy_from_slice(src);
+                Ok(())
+            }
+            Spill::File(f) => f.read_exact_at(out, at),
+        }
+    }
 }
 
 /// Running weighted sum of one round's updates.
@@ -151,6 +189,8 @@ pub struct StreamingAggregator {
     scratch: Vec<u8>,
     /// Where uploads spill their folded bytes (the base model's directory).
     spill_dir: PathBuf,
+    /// Uploads of models larger than this spill to files ([`SPILL_ABOVE`] by default).
+    spill_above: u64,
     /// A rollback failed to read its spill file: the sum is no longer trustworthy.
     broken: bool,
 }
@@ -201,6 +241,7 @@ impl StreamingAggregator {
             .map_or_else(std::env::temp_dir, Path::to_path_buf);
         Ok(Self {
             spill_dir,
+            spill_above: SPILL_ABOVE,
             broken: false,
             sum: vec![0.0; base.values],
             base,
@@ -212,6 +253,12 @@ impl StreamingAggregator {
             total_weight: 0,
             scratch: Vec::new(),
         })
+    }
+
+    /// Keeps uploads of models up to `bytes` in memory, spilling larger ones to files.
+    pub fn with_spill_above(mut self, bytes: u64) -> Self {
+        self.spill_above = bytes;
+        self
     }
 
     /// Upload slots whose chunks in flight fit in `budget_bytes` (1 to 64): an upload
@@ -260,7 +307,11 @@ impl StreamingAggregator {
                 digest,
                 received: 0,
                 carry: Vec::new(),
-                spill: tempfile::tempfile_in(&self.spill_dir)?,
+                spill: if total <= self.spill_above {
+                    Spill::Memory(Vec::with_capacity(total as usize))
+                } else {
+                    Spill::File(tempfile::tempfile_in(&self.spill_dir)?)
+                },
                 hasher: blake3::Hasher::new(),
                 folded: 0,
                 sq_norm: 0.0,
@@ -348,7 +399,7 @@ impl StreamingAggregator {
             // Nothing of `raw` is in the sum: the rollback undoes the values before it.
             return Err(UploadError::NonFinite(up.folded + j));
         }
-        up.spill.write_all(raw)?;
+        up.spill.append(raw)?;
         let w = up.weight as f64;
         for block in raw.chunks(BLOCK * 4) {
             let (start, n) = (up.folded, block.len() / 4);
@@ -369,7 +420,7 @@ impl StreamingAggregator {
         while start < up.folded {
             let n = (up.folded - start).min(BLOCK);
             let block = &mut raw[..n * 4];
-            if let Err(e) = up.spill.read_exact_at(block, (start * 4) as u64) {
+            if let Err(e) = up.spill.read_at(block, (start * 4) as u64) {
                 tracing::error!("rolling back an update failed ({e}); this round's sum is lost");
                 self.broken = true;
                 return;
@@ -550,11 +601,15 @@ mod tests {
             chunk in 1usize..500,
             bad_at in 0usize..200,
             reason in 0u8..4,
+            to_file in any::<bool>(),
         ) {
             let dir = tempfile::tempdir().unwrap();
             let base = write_base(dir.path(), vec![0.25; n]);
             let good: Vec<f32> = (0..n).map(|i| i as f32 * 0.001).collect();
-            let mut agg = StreamingAggregator::new(base, 4, 100.0).unwrap();
+            // Rolled back from memory or from a spill file.
+            let mut agg = StreamingAggregator::new(base, 4, 100.0)
+                .unwrap()
+                .with_spill_above(if to_file { 0 } else { u64::MAX });
             upload(&mut agg, "good", &encode(&good), 3, chunk).unwrap();
             let before = agg.sum.clone();
             let mut bad = good.iter().map(|v| v + 1.0).collect::<Vec<f32>>();
