@@ -87,17 +87,12 @@ const FETCH_CHUNK: u32 = 1 << 20;
 /// Global models an edge keeps (the current one and its predecessor).
 const KEEP_MODELS: usize = 2;
 
-/// The source of a newly committed model in a binary distribution tree over the edges
-/// that took part in its round (sorted by peer id): the first two fetch from the anchor,
-/// every other edge from its parent in the tree, so the anchor sends each version twice
-/// however large the federation is. Edges outside the round fetch from a tree member.
-pub fn tree_source(me: &str, included: &[String]) -> Option<String> {
-    tree_ancestors(me, included).into_iter().next()
-}
-
-/// The peers `me` may fetch a model from in the distribution tree of [`tree_source`],
-/// nearest first: its parent, the parent's parent, and so on up to a child of the anchor
-/// (the anchor itself, the root, is not listed). A stalled source is replaced by the next
+/// The peers `me` may fetch a newly committed model from, nearest first, in a binary
+/// distribution tree over the edges that took part in its round (sorted by peer id),
+/// rooted at the anchor: the first two edges fetch from the anchor, every other edge from
+/// its parent, so the anchor sends each version twice however large the federation is;
+/// edges outside the round hang below a member. Listed: the parent, the parent's parent,
+/// and so on up to a child of the anchor (the anchor itself is not listed). A stalled source is replaced by the next
 /// one, so a slow edge holds up only its own subtree and the anchor is the last resort.
 pub fn tree_ancestors(me: &str, included: &[String]) -> Vec<String> {
     let mut all: Vec<&str> = included.iter().map(String::as_str).collect();
@@ -413,10 +408,9 @@ impl EdgeNode {
                 offset,
                 max_len,
             } => {
-                // Models held in memory or on disk, then the bytes of a fetch under way.
-                if self.models.in_memory(&digest).is_none() {
-                    let _ = self.models.get(&digest);
-                }
+                // A model on disk but not in memory is loaded (digest-checked) to be served;
+                // otherwise the held models, then the bytes of a fetch under way.
+                let _ = self.models.get(&digest);
                 match self.chunk_for(digest, offset, max_len) {
                     Some(frame) => frame,
                     None if self.waiters.len() < MAX_WAITERS => {
@@ -1152,7 +1146,11 @@ pub fn peer_id(s: &str) -> Result<PeerId> {
 
 #[cfg(test)]
 mod tests {
-    use super::{tree_ancestors, tree_source};
+    use super::tree_ancestors;
+
+    fn tree_source(me: &str, ids: &[String]) -> Option<String> {
+        tree_ancestors(me, ids).into_iter().next()
+    }
 
     #[test]
     fn the_distribution_tree_has_one_root_and_fanout_two() {
