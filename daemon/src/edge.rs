@@ -57,6 +57,15 @@ struct Fetch {
     fallback_at: tokio::time::Instant,
 }
 
+impl Fetch {
+    /// Drops the bytes received so far and starts over from `source`.
+    fn restart_from(&mut self, source: PeerId) {
+        self.source = source;
+        self.buf = Vec::new();
+        self.total_len = 0;
+    }
+}
+
 /// A peer's request for model bytes this edge does not have yet (it is still fetching
 /// the model, or has not heard of its commit): answered as soon as the bytes are here,
 /// or with `NotFound` at `until`.
@@ -637,9 +646,7 @@ impl EdgeNode {
                             "model {} from a peer failed its digest check; fetching it from the anchor",
                             short_hex(&digest)
                         );
-                        f.source = self.anchor;
-                        f.buf = Vec::new();
-                        f.total_len = 0;
+                        f.restart_from(self.anchor);
                         self.request_chunk(digest);
                     }
                     return;
@@ -681,9 +688,7 @@ impl EdgeNode {
                         "peer source of model {} is stalled ({e}); fetching from the anchor",
                         short_hex(&digest)
                     );
-                    f.source = self.anchor;
-                    f.buf = Vec::new();
-                    f.total_len = 0;
+                    f.restart_from(self.anchor);
                     self.request_chunk(digest);
                 }
             }

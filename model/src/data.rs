@@ -207,17 +207,37 @@ pub fn count_windows(trajs: &[Trajectory], cfg: &WindowConfig) -> u64 {
 /// Each row is scaled with [`Scaler::transform`], so the data set has
 /// `scaler.features()` features whatever the rows' widths.
 pub fn make_windows(trajs: &[Trajectory], scaler: &Scaler, cfg: &WindowConfig) -> Dataset {
-    let features = scaler.features();
-    let w = cfg.window;
     let n = usize::try_from(count_windows(trajs, cfg)).unwrap_or(0);
     let mut data = Dataset {
-        inputs: Vec::with_capacity(n.saturating_mul(w).saturating_mul(features)),
+        inputs: Vec::with_capacity(
+            n.saturating_mul(cfg.window)
+                .saturating_mul(scaler.features()),
+        ),
         targets: Vec::with_capacity(n),
-        window: w,
-        features,
+        ..Dataset::default()
     };
+    push_windows(&mut data, trajs, scaler, cfg, |len, end| {
+        Some(capped_rul(len, end, cfg.rul_cap))
+    });
+    data
+}
+
+/// Appends to `data` every stride-1 window of scaled rows for which `target(len, end)`
+/// (trajectory length, index of the window's last row) gives a target; sets `data`'s
+/// window and feature counts. Trajectories shorter than the window give none.
+fn push_windows(
+    data: &mut Dataset,
+    trajs: &[Trajectory],
+    scaler: &Scaler,
+    cfg: &WindowConfig,
+    mut target: impl FnMut(usize, usize) -> Option<f32>,
+) {
+    let features = scaler.features();
+    let w = cfg.window;
+    data.window = w;
+    data.features = features;
     if w == 0 {
-        return data;
+        return;
     }
     let mut scaled = Vec::new();
     for traj in trajs {
@@ -230,13 +250,15 @@ pub fn make_windows(trajs: &[Trajectory], scaler: &Scaler, cfg: &WindowConfig) -
             scaler.transform_into(row, &mut scaled);
         }
         for end in (w - 1)..len {
+            let Some(t) = target(len, end) else {
+                continue;
+            };
             let start = end + 1 - w;
             data.inputs
                 .extend_from_slice(&scaled[start * features..(end + 1) * features]);
-            data.targets.push(capped_rul(len, end, cfg.rul_cap));
+            data.targets.push(t);
         }
     }
-    data
 }
 
 /// The last window of each trajectory, for the C-MAPSS test protocol where a
@@ -288,37 +310,11 @@ pub fn cut_windows(
     cfg: &WindowConfig,
     rul_range: std::ops::RangeInclusive<usize>,
 ) -> Dataset {
-    let features = scaler.features();
-    let w = cfg.window;
-    let mut data = Dataset {
-        window: w,
-        features,
-        ..Dataset::default()
-    };
-    if w == 0 {
-        return data;
-    }
-    let mut scaled = Vec::new();
-    for traj in trajs {
-        let len = traj.rows.len();
-        if len < w {
-            continue;
-        }
-        scaled.clear();
-        for row in &traj.rows {
-            scaler.transform_into(row, &mut scaled);
-        }
-        for end in (w - 1)..len {
-            let rul = len - 1 - end;
-            if !rul_range.contains(&rul) {
-                continue;
-            }
-            let start = end + 1 - w;
-            data.inputs
-                .extend_from_slice(&scaled[start * features..(end + 1) * features]);
-            data.targets.push(rul as f32);
-        }
-    }
+    let mut data = Dataset::default();
+    push_windows(&mut data, trajs, scaler, cfg, |len, end| {
+        let rul = len - 1 - end;
+        rul_range.contains(&rul).then_some(rul as f32)
+    });
     data
 }
 

@@ -157,6 +157,23 @@ fn bench_config(
     cfg
 }
 
+/// The configuration of bench edge `i` (seed `i + 1`), bootstrapping from `anchor`.
+fn edge_config(
+    opts: &RoundsOptions,
+    root: &std::path::Path,
+    i: usize,
+    anchor: &str,
+) -> fedd::config::NodeConfig {
+    let mut cfg = bench_config(
+        fedd::config::Role::Edge,
+        &root.join(format!("edge-{i}")),
+        opts,
+        i as u64 + 1,
+    );
+    cfg.anchor = Some(anchor.to_owned());
+    cfg
+}
+
 /// Peak resident set size (VmHWM) of process `pid`, in MB.
 fn peak_rss_mb(pid: u32) -> f64 {
     let path = format!("/proc/{pid}/status");
@@ -285,18 +302,11 @@ async fn run_in_process(
     anchor_cfg: fedd::config::NodeConfig,
     deadline: std::time::Duration,
 ) -> Result<fedd::node::NodeStatus> {
-    use fedd::config::Role;
     let shutdown = tokio_util::sync::CancellationToken::new();
     let anchor = fedd::node::start(anchor_cfg, shutdown.clone()).await?;
     let mut edges = vec![];
     for i in 0..opts.edges {
-        let mut cfg = bench_config(
-            Role::Edge,
-            &root.join(format!("edge-{i}")),
-            opts,
-            i as u64 + 1,
-        );
-        cfg.anchor = Some(anchor.addr.to_string());
+        let cfg = edge_config(opts, root, i, &anchor.addr.to_string());
         edges.push(fedd::node::start(cfg, shutdown.clone()).await?);
     }
     let waited =
@@ -318,7 +328,6 @@ fn run_processes(
     anchor_cfg: fedd::config::NodeConfig,
     deadline: std::time::Duration,
 ) -> Result<(fedd::node::NodeStatus, f64, f64)> {
-    use fedd::config::Role;
     use std::process::{Command, Stdio};
     struct Kill(std::process::Child);
     impl Drop for Kill {
@@ -365,13 +374,7 @@ fn run_processes(
     };
     let mut edges = vec![];
     for i in 0..opts.edges {
-        let mut cfg = bench_config(
-            Role::Edge,
-            &root.join(format!("edge-{i}")),
-            opts,
-            i as u64 + 1,
-        );
-        cfg.anchor = Some(addr.clone());
+        let cfg = edge_config(opts, root, i, &addr);
         edges.push(spawn(&cfg, "edge")?);
     }
     let status = loop {

@@ -39,6 +39,14 @@ use model::net::{Arch, ModelSpec};
 /// test engines stop between 7 and 145 cycles before failure.
 pub const TEST_RUL_RANGE: std::ops::RangeInclusive<usize> = 7..=145;
 
+/// The trajectories of the engines in `ids`.
+fn held_out(trajs: Vec<Trajectory>, ids: &[u32]) -> Vec<Trajectory> {
+    trajs
+        .into_iter()
+        .filter(|t| ids.contains(&t.machine))
+        .collect()
+}
+
 /// Test-protocol metrics of `params` on held-out run-to-failure engines (see the
 /// module documentation); predictions are clipped at 0 like `predict`'s.
 fn cut_metrics(
@@ -174,6 +182,13 @@ impl Progress {
         Self { bar }
     }
 
+    /// Reports one epoch or round: its line, the bar's message and position.
+    fn step(&self, kind: &str, total: usize, r: &StepReport) {
+        self.line(&report_line(kind, total, r));
+        self.bar.set_message(format!("val_rmse {:.3}", r.val.rmse));
+        self.bar.inc(1);
+    }
+
     fn line(&self, text: &str) {
         if self.bar.is_hidden() {
             println!("{text}");
@@ -277,13 +292,7 @@ pub fn train(args: &TrainArgs) -> Result<()> {
                 args.epochs,
                 &schedule,
                 &never,
-                &mut |r| {
-                    progress.line(&report_line("epoch", args.epochs, r));
-                    progress
-                        .bar
-                        .set_message(format!("val_rmse {:.3}", r.val.rmse));
-                    progress.bar.inc(1);
-                },
+                &mut |r| progress.step("epoch", args.epochs, r),
             );
             progress.bar.finish_and_clear();
             out?
@@ -297,22 +306,14 @@ pub fn train(args: &TrainArgs) -> Result<()> {
             };
             let progress = Progress::new(args.rounds, "round");
             let out = run_federated(&spec, &data.edges, &data.val, &cfg, &never, &mut |r| {
-                progress.line(&report_line("round", args.rounds, r));
-                progress
-                    .bar
-                    .set_message(format!("val_rmse {:.3}", r.val.rmse));
-                progress.bar.inc(1);
+                progress.step("round", args.rounds, r);
             });
             progress.bar.finish_and_clear();
             out?
         }
     };
     let wall_s = start.elapsed().as_secs_f64();
-    let held_out: Vec<Trajectory> = trajs
-        .iter()
-        .filter(|t| data.val_engines.contains(&t.machine))
-        .cloned()
-        .collect();
+    let held_out = held_out(trajs, &data.val_engines);
     let cut = cut_metrics(&spec, &outcome.params, &held_out, &data.scaler, &window)?;
     let best = &outcome.best_val;
     println!(
@@ -426,10 +427,7 @@ pub fn evaluate(model_path: &Path, data: &Path, truth: Truth<'_>) -> Result<()> 
             if wanted.is_empty() {
                 bail!("{} records no held-out engines", model_path.display());
             }
-            let held_out: Vec<Trajectory> = load(data, &h.sensors)?
-                .into_iter()
-                .filter(|t| wanted.contains(&t.machine))
-                .collect();
+            let held_out = held_out(load(data, &h.sensors)?, wanted);
             if held_out.len() != wanted.len() {
                 bail!(
                     "{} lacks {} of the model's {} held-out engines: is it the training file?",
