@@ -6,7 +6,8 @@
 //!   result does not depend on arrival order);
 //! - per upload in flight (at most `slots`): its raw bytes, kept only so that an update
 //!   rejected at the end (digest mismatch, norm bound, fencing) can be rolled back exactly;
-//! - the base model stays on disk: validation reads it chunk by chunk.
+//! - the base model: in memory when small (up to [`SPILL_ABOVE`]), otherwise on disk,
+//!   read block by block for validation.
 //!
 //! The committed model is written to its content-addressed file directly from the sum,
 //! block by block, hashing as it goes: no second copy of the model is ever materialised.
@@ -76,7 +77,7 @@ impl From<std::io::Error> for UploadError {
     }
 }
 
-/// The base model of a round, on disk.
+/// The base model of a round: its file, and its bytes when it is small.
 #[derive(Clone, Debug)]
 pub struct BaseModel {
     /// Its file.
@@ -87,6 +88,9 @@ pub struct BaseModel {
     pub header: Vec<u8>,
     /// Number of `f32` values.
     pub values: usize,
+    /// The whole encoding, for models up to [`SPILL_ABOVE`] bytes: validation reads the
+    /// base values from memory instead of the file.
+    pub resident: Option<std::sync::Arc<Vec<u8>>>,
 }
 
 impl BaseModel {
@@ -97,25 +101,34 @@ impl BaseModel {
             .map_err(|e| UploadError::Io(format!("{}: {e}", path.display())))?;
         let values = params.len();
         let header_len = bytes.len() - values * 4;
+        let len = bytes.len() as u64;
         Ok(Self {
             path: path.to_owned(),
-            len: bytes.len() as u64,
+            len,
             header: bytes[..header_len].to_vec(),
             values,
+            resident: (len <= SPILL_ABOVE).then(|| std::sync::Arc::new(bytes)),
         })
     }
 
-    /// Reads values `start..start + n` as raw little-endian bytes into `out` (reused).
-    fn read_values(
-        &self,
+    /// Values `start..start + n` as raw little-endian bytes: from memory, or read from
+    /// `file` into `scratch` (reused).
+    fn values_at<'a>(
+        &'a self,
         file: &File,
         start: usize,
-        out: &mut Vec<u8>,
         n: usize,
-    ) -> Result<(), UploadError> {
-        out.resize(n * 4, 0);
-        file.read_exact_at(out, (self.header.len() + start * 4) as u64)?;
-        Ok(())
+        scratch: &'a mut Vec<u8>,
+    ) -> Result<&'a [u8], UploadError> {
+        let at = self.header.len() + start * 4;
+        if let Some(bytes) = &self.resident {
+            return bytes
+                .get(at..at + n * 4)
+                .ok_or_else(|| UploadError::Io("base model shorter than its layout".into()));
+        }
+        scratch.resize(n * 4, 0);
+        file.read_exact_at(scratch, at as u64)?;
+        Ok(scratch)
     }
 }
 
@@ -127,7 +140,7 @@ struct Upload {
     received: u64,
     /// The bytes of a value split across two chunks (fewer than 4).
     carry: Vec<u8>,
-    /// The folded values' raw bytes, kept for an exact rollback.
+    /// The bytes received, kept for an exact rollback of the folded values.
     spill: Spill,
     hasher: blake3::Hasher,
     /// Values folded into the sum so far.
@@ -135,13 +148,14 @@ struct Upload {
     sq_norm: f64,
 }
 
-/// Where an upload keeps its folded bytes for an exact rollback: in memory for models up
-/// to [`SPILL_ABOVE`] bytes (cheaper than a file; at most `slots` of them), otherwise in
-/// an unnamed temporary file, so that an upload of a large model costs the anchor one
-/// chunk of memory, not a model's worth (the page cache holds the rest and drops it
-/// unwritten once the upload is done).
+/// Where an upload keeps the bytes it received for an exact rollback: in memory for
+/// models up to [`SPILL_ABOVE`] bytes (the received chunks themselves, not a copy; at most
+/// `slots` of them), otherwise in an unnamed temporary file, so that an upload of a large
+/// model costs the anchor one chunk of memory, not a model's worth (the page cache holds
+/// the rest and drops it unwritten once the upload is done). Offsets are upload offsets.
 enum Spill {
-    Memory(Vec<u8>),
+    /// The chunks in order, each with its upload offset.
+    Memory(Vec<(u64, Vec<u8>)>),
     File(File),
 }
 
@@ -149,25 +163,42 @@ enum Spill {
 pub const SPILL_ABOVE: u64 = 4 << 20;
 
 impl Spill {
-    fn append(&mut self, raw: &[u8]) -> std::io::Result<()> {
+    /// Before `chunk` is folded: a file spill writes it, so that a failed write leaves
+    /// nothing of it in the sum.
+    fn write_ahead(&mut self, chunk: &[u8]) -> std::io::Result<()> {
         match self {
-            Spill::Memory(v) => {
-                v.extend_from_slice(raw);
-                Ok(())
-            }
-            Spill::File(f) => f.write_all(raw),
+            Spill::Memory(_) => Ok(()),
+            Spill::File(f) => f.write_all(chunk),
         }
     }
 
+    /// After `chunk` (received at upload offset `at`) was folded, or failed to: a memory
+    /// spill keeps the buffer itself.
+    fn keep(&mut self, at: u64, chunk: Vec<u8>) {
+        if let Spill::Memory(chunks) = self {
+            chunks.push((at, chunk));
+        }
+    }
+
+    /// Fills `out` with the upload's bytes from offset `at`.
     fn read_at(&self, out: &mut [u8], at: u64) -> std::io::Result<()> {
         match self {
-            Spill::Memory(v) => {
-                let at = usize::try_from(at).unwrap_or(usize::MAX);
-                let src = at
-                    .checked_add(out.len())
-                    .and_then(|end| v.get(at..end))
-                    .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::UnexpectedEof))?;
-                out.copy_from_slice(src);
+            Spill::Memory(chunks) => {
+                let eof = || std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
+                // The chunk holding `at`, then its successors.
+                let mut i = chunks.partition_point(|(start, _)| *start <= at);
+                i = i.checked_sub(1).ok_or_else(eof)?;
+                let (mut pos, mut filled) = (at, 0);
+                while filled < out.len() {
+                    let (start, bytes) = chunks.get(i).ok_or_else(eof)?;
+                    let from = usize::try_from(pos - start).map_err(|_| eof())?;
+                    let src = bytes.get(from..).ok_or_else(eof)?;
+                    let n = src.len().min(out.len() - filled);
+                    out[filled..filled + n].copy_from_slice(&src[..n]);
+                    filled += n;
+                    pos += n as u64;
+                    i += 1;
+                }
                 Ok(())
             }
             Spill::File(f) => f.read_exact_at(out, at),
@@ -308,7 +339,7 @@ impl StreamingAggregator {
                 received: 0,
                 carry: Vec::new(),
                 spill: if total <= self.spill_above {
-                    Spill::Memory(Vec::with_capacity(total as usize))
+                    Spill::Memory(Vec::new())
                 } else {
                     Spill::File(tempfile::tempfile_in(&self.spill_dir)?)
                 },
@@ -327,10 +358,26 @@ impl StreamingAggregator {
         &mut self,
         sender: &str,
         offset: u64,
-        payload: &[u8],
+        payload: Vec<u8>,
     ) -> Result<bool, UploadError> {
         let mut up = self.uploads.remove(sender).ok_or(UploadError::NotStarted)?;
-        match self.fold_chunk(&mut up, offset, payload) {
+        let result = if offset != up.received || up.received + payload.len() as u64 > up.total {
+            Err(UploadError::OutOfSequence {
+                got: offset,
+                expected: up.received,
+            })
+        } else {
+            // The chunk is kept (in memory after folding, in the file before): a rollback
+            // reads back the values folded from it.
+            let r = up
+                .spill
+                .write_ahead(&payload)
+                .map_err(UploadError::from)
+                .and_then(|()| self.fold_chunk(&mut up, &payload));
+            up.spill.keep(offset, payload);
+            r
+        };
+        match result {
             Ok(done) => {
                 self.uploads.insert(sender.to_owned(), up);
                 Ok(done)
@@ -342,18 +389,8 @@ impl StreamingAggregator {
         }
     }
 
-    fn fold_chunk(
-        &mut self,
-        up: &mut Upload,
-        offset: u64,
-        payload: &[u8],
-    ) -> Result<bool, UploadError> {
-        if offset != up.received || up.received + payload.len() as u64 > up.total {
-            return Err(UploadError::OutOfSequence {
-                got: offset,
-                expected: up.received,
-            });
-        }
+    /// Folds the next chunk of `up` (in sequence, checked by the caller).
+    fn fold_chunk(&mut self, up: &mut Upload, payload: &[u8]) -> Result<bool, UploadError> {
         let before = up.received as usize;
         up.hasher.update(payload);
         up.received += payload.len() as u64;
@@ -399,28 +436,29 @@ impl StreamingAggregator {
             // Nothing of `raw` is in the sum: the rollback undoes the values before it.
             return Err(UploadError::NonFinite(up.folded + j));
         }
-        up.spill.append(raw)?;
         let w = up.weight as f64;
         for block in raw.chunks(BLOCK * 4) {
             let (start, n) = (up.folded, block.len() / 4);
-            self.base
-                .read_values(&self.base_file, start, &mut self.scratch, n)?;
-            up.sq_norm += fold_block(&mut self.sum[start..start + n], block, &self.scratch, w);
+            let base = self
+                .base
+                .values_at(&self.base_file, start, n, &mut self.scratch)?;
+            up.sq_norm += fold_block(&mut self.sum[start..start + n], block, base, w);
             up.folded += n;
         }
         Ok(())
     }
 
     /// Subtracts exactly what `up` added to the sum, reading its values back from its
-    /// spill file.
+    /// spill.
     fn rollback(&mut self, up: &Upload) {
         let w = up.weight as f64;
         let mut raw = vec![0u8; BLOCK * 4];
+        let header = self.base.header.len();
         let mut start = 0;
         while start < up.folded {
             let n = (up.folded - start).min(BLOCK);
             let block = &mut raw[..n * 4];
-            if let Err(e) = up.spill.read_at(block, (start * 4) as u64) {
+            if let Err(e) = up.spill.read_at(block, (header + start * 4) as u64) {
                 tracing::error!("rolling back an update failed ({e}); this round's sum is lost");
                 self.broken = true;
                 return;
@@ -489,8 +527,9 @@ impl StreamingAggregator {
     }
 
     /// Writes the weighted mean as a model file in `dir`, named by its BLAKE3 digest,
-    /// block by block (fsynced, then renamed into place). Returns (digest, path, length).
-    pub fn write_mean(&self, dir: &Path) -> Result<(Digest, PathBuf, u64), UploadError> {
+    /// block by block (fsynced, then renamed into place). Returns its digest and the
+    /// new model as the next round's base.
+    pub fn write_mean(&self, dir: &Path) -> Result<(Digest, BaseModel), UploadError> {
         if self.broken {
             return Err(UploadError::Io(
                 "a rolled-back update could not be read back; the sum is not exact".into(),
@@ -507,6 +546,12 @@ impl StreamingAggregator {
         hasher.update(&self.base.header);
         let t = self.total_weight as f64;
         let mut block = Vec::with_capacity(BLOCK * 4);
+        // A small model stays in memory as the next round's base.
+        let mut resident =
+            (self.base.len <= SPILL_ABOVE).then(|| Vec::with_capacity(self.base.len as usize));
+        if let Some(r) = resident.as_mut() {
+            r.extend_from_slice(&self.base.header);
+        }
         for chunk in self.sum.chunks(BLOCK) {
             block.clear();
             for s in chunk {
@@ -514,6 +559,9 @@ impl StreamingAggregator {
             }
             file.write_all(&block)?;
             hasher.update(&block);
+            if let Some(r) = resident.as_mut() {
+                r.extend_from_slice(&block);
+            }
         }
         let file = file
             .into_inner()
@@ -522,7 +570,16 @@ impl StreamingAggregator {
         let digest = *hasher.finalize().as_bytes();
         let path = dir.join(format!("{}.bin", hex::encode(digest)));
         std::fs::rename(&tmp, &path)?;
-        Ok((digest, path, self.base.len))
+        Ok((
+            digest,
+            BaseModel {
+                path,
+                len: self.base.len,
+                header: self.base.header.clone(),
+                values: self.base.values,
+                resident: resident.map(std::sync::Arc::new),
+            },
+        ))
     }
 }
 
@@ -560,7 +617,8 @@ mod tests {
             .map_err(|e| e.to_string())?;
         let mut off = 0;
         for c in bytes.chunks(chunk.max(1)) {
-            agg.chunk(who, off as u64, c).map_err(|e| e.to_string())?;
+            agg.chunk(who, off as u64, c.to_vec())
+                .map_err(|e| e.to_string())?;
             off += c.len();
         }
         agg.finish(who, || Ok(()))
@@ -623,7 +681,7 @@ mod tests {
             let mut off = 0;
             let mut failed = false;
             for c in bytes.chunks(chunk) {
-                if agg.chunk("bad", off as u64, c).is_err() { failed = true; break; }
+                if agg.chunk("bad", off as u64, c.to_vec()).is_err() { failed = true; break; }
                 off += c.len();
             }
             if !failed {
@@ -655,9 +713,10 @@ mod tests {
         agg.abort("a");
         upload(&mut agg, "b", &encode(&[2.0; 10]), 1, 7).unwrap();
         upload(&mut agg, "c", &encode(&[4.0; 10]), 3, 64).unwrap();
-        let (digest, path, n) = agg.write_mean(dir.path()).unwrap();
-        let bytes = std::fs::read(&path).unwrap();
-        assert_eq!(bytes.len() as u64, n);
+        let (digest, next) = agg.write_mean(dir.path()).unwrap();
+        let bytes = std::fs::read(&next.path).unwrap();
+        assert_eq!(bytes.len() as u64, next.len);
+        assert_eq!(next.resident.as_deref(), Some(&bytes));
         assert_eq!(*blake3::hash(&bytes).as_bytes(), digest);
         assert_eq!(ParamSet::from_bytes(&bytes).unwrap().values(), &[3.5; 10]);
         assert_eq!(StreamingAggregator::slots_for(4 << 20, 48 << 20), 12);

@@ -7,7 +7,7 @@ use crate::config::NodeConfig;
 use crate::mlflow::{MlflowBridge, MlflowConfig};
 use crate::models::model_path;
 use crate::net::{Net, NetEvent};
-use crate::node::{Clock, MAX_STATUS_ROUNDS, NodeStatus, RoundSummary, write_status};
+use crate::node::{Clock, MAX_STATUS_ROUNDS, NodeStatus, RoundSummary, StatusPublisher};
 use crate::store::{AnchorStore, RoundLogEntry, VersionRecord};
 use crate::telemetry::{NodeSpan, NodeTracer};
 use crate::workload::WorkloadKind;
@@ -94,7 +94,7 @@ pub struct AnchorNode {
     mlflow_task: tokio::task::JoinHandle<crate::mlflow::MlflowSummary>,
     tracer: NodeTracer,
     status: NodeStatus,
-    status_tx: watch::Sender<NodeStatus>,
+    status_out: StatusPublisher,
 }
 
 fn unix_ms() -> u64 {
@@ -186,7 +186,8 @@ impl AnchorNode {
                 ("federation.id".into(), cfg.protocol.federation.clone()),
             ],
         )?;
-        let mut status = status_tx.borrow().clone();
+        let status_out = StatusPublisher::new(&cfg.data_dir, status_tx);
+        let mut status = status_out.current();
         status.version = core.durable().version;
         status.digest = hex::encode(core.durable().digest);
         status.term = core.durable().term;
@@ -212,7 +213,7 @@ impl AnchorNode {
             mlflow_task,
             tracer,
             status,
-            status_tx,
+            status_out,
         })
     }
 
@@ -487,7 +488,7 @@ impl AnchorNode {
         }
         open.bytes_in += payload.len() as u64;
         let received = h.offset + payload.len() as u64;
-        match open.agg.chunk(from.as_str(), h.offset, &payload) {
+        match open.agg.chunk(from.as_str(), h.offset, payload) {
             Ok(false) => (received, false, String::new(), 0),
             Ok(true) => match self.finish_update(&from, &h) {
                 Ok(()) => (received, true, String::new(), 0),
@@ -577,10 +578,7 @@ impl AnchorNode {
     }
 
     fn publish_status(&mut self) {
-        if *self.status_tx.borrow() != self.status {
-            write_status(&self.cfg.data_dir, &self.status);
-            self.status_tx.send_replace(self.status.clone());
-        }
+        self.status_out.publish(&self.status);
     }
 
     fn aggregate(&mut self, round: u64, term: u64, version: u64, included: usize) -> Result<()> {
@@ -598,7 +596,7 @@ impl AnchorNode {
             ],
         );
         // The mean goes straight from the running sum to its content-addressed file.
-        let (digest, path, len) = match open.agg.write_mean(&self.models_dir) {
+        let (digest, next) = match open.agg.write_mean(&self.models_dir) {
             Ok(r) => r,
             Err(e) => {
                 span.set_attr("error", e.to_string());
@@ -642,12 +640,7 @@ impl AnchorNode {
             .commit_version_record(&rec, &postcard::to_allocvec(&durable)?)
             .context("committing the global model")?;
         drop(commit_span);
-        self.global = BaseModel {
-            path,
-            len,
-            header: self.global.header.clone(),
-            values: self.global.values,
-        };
+        self.global = next;
         self.version_round.insert(version, round);
         while self.version_round.len() > 64 {
             self.version_round.pop_first();

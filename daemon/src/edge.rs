@@ -5,7 +5,7 @@
 use crate::config::NodeConfig;
 use crate::models::ModelCache;
 use crate::net::{Net, NetEvent};
-use crate::node::{Clock, NodeStatus, write_status};
+use crate::node::{Clock, NodeStatus, StatusPublisher};
 use crate::store::EdgeStore;
 use crate::telemetry::{NodeSpan, NodeTracer};
 use crate::workload::WorkloadKind;
@@ -189,7 +189,7 @@ pub struct EdgeNode {
     eval_rx: mpsc::Receiver<(u64, u64, Result<f64, String>)>,
     tracer: NodeTracer,
     status: NodeStatus,
-    status_tx: watch::Sender<NodeStatus>,
+    status_out: StatusPublisher,
 }
 
 /// Splits recordings into training and validation machines (whole machines, the last
@@ -291,11 +291,12 @@ impl EdgeNode {
                 ("federation.id".into(), cfg.protocol.federation.clone()),
             ],
         )?;
-        let mut status = status_tx.borrow().clone();
+        let mut status_out = StatusPublisher::new(&cfg.data_dir, status_tx);
+        let mut status = status_out.current();
         status.failures = samples.failures;
         status.windows = samples.windows;
         status.eligible = cfg.protocol.criterion.is_met(&samples);
-        status_tx.send_replace(status.clone());
+        status_out.publish(&status);
         Ok(Self {
             cfg,
             net,
@@ -324,7 +325,7 @@ impl EdgeNode {
             eval_rx,
             tracer,
             status,
-            status_tx,
+            status_out,
         })
     }
 
@@ -342,6 +343,8 @@ impl EdgeNode {
         let mut anchor_tick = tokio::time::interval(Duration::from_secs(2));
         let mut retry_tick = tokio::time::interval(PEER_RETRY);
         retry_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut save_tick = tokio::time::interval(crate::models::SAVE_AFTER);
+        save_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let result = loop {
             let wake = self.clock.instant(self.core.poll_timeout());
             tokio::select! {
@@ -352,6 +355,7 @@ impl EdgeNode {
                 Some((version, samples, r)) = self.eval_rx.recv() => self.on_eval(version, samples, r),
                 _ = kad_tick.tick() => self.net.kad_bootstrap(),
                 _ = anchor_tick.tick() => self.net.ensure_connected(self.anchor, &anchor_addr),
+                _ = save_tick.tick() => self.models.save_due(std::time::Instant::now()),
                 _ = retry_tick.tick(), if self.fetches.values().any(|f| f.retry_at.is_some())
                     || self.push.as_ref().is_some_and(|p| p.retry_at.is_some())
                     || !self.waiters.is_empty() => {
@@ -366,6 +370,7 @@ impl EdgeNode {
         if let Some((_, cancel, _)) = &self.training {
             cancel.store(true, Ordering::Relaxed);
         }
+        self.models.save();
         let tracer = self.tracer.clone();
         let _ = tokio::task::spawn_blocking(move || tracer.shutdown()).await;
         result
@@ -463,7 +468,7 @@ impl EdgeNode {
                 |at, len| {
                     bytes
                         .get(at as usize..at as usize + len)
-                        .map(<[u8]>::to_vec)
+                        .map(Frame::<DataResponse>::payload_from)
                 },
             ));
         }
@@ -483,7 +488,7 @@ impl EdgeNode {
             |at, len| {
                 f.buf
                     .get(at as usize..at as usize + len)
-                    .map(<[u8]>::to_vec)
+                    .map(Frame::<DataResponse>::payload_from)
             },
         ))
     }
@@ -655,7 +660,7 @@ impl EdgeNode {
                     return;
                 };
                 drop(f.span);
-                self.models.put(digest, f.buf);
+                self.models.put(digest, f.buf, std::time::Instant::now());
                 self.answer_waiters();
                 self.model_ready(digest);
             }
@@ -1093,10 +1098,7 @@ impl EdgeNode {
         self.status.version = version;
         self.status.digest = digest.map(hex::encode).unwrap_or_default();
         self.status.eligible = self.core.is_eligible();
-        if *self.status_tx.borrow() != self.status {
-            write_status(&self.cfg.data_dir, &self.status);
-            self.status_tx.send_replace(self.status.clone());
-        }
+        self.status_out.publish(&self.status);
         Ok(())
     }
 

@@ -4,13 +4,16 @@
 //! (`<dir>/<hex digest>.bin`), not in RocksDB: an LSM tree would copy every model
 //! through its write-ahead log, memtable, flushes and compactions. The anchor writes its
 //! versions durably (temp file, fsync, rename); an edge keeps a [`ModelCache`]: the few
-//! most recent models in memory, where they are trained on and served to peers, each
-//! mirrored to a file (not synced: the digest is checked when a file is read back).
+//! most recent models in memory, where they are trained on and served to peers, and the
+//! newest one in a file once it has stayed the newest for [`SAVE_AFTER`] (not synced: the
+//! digest is checked when a file is read back), so a restarted edge resumes from it
+//! without rewriting every version of a fast federation to disk.
 
 use std::collections::VecDeque;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use netproto::wire::{Digest, digest_of};
 
@@ -36,13 +39,19 @@ pub fn write_model_file(
     std::fs::rename(&tmp, model_path(dir, digest))
 }
 
-/// An edge's recent global models: at most `keep` in memory (most recent first), each
-/// mirrored to a file in `dir`; older ones are dropped from memory and disk.
+/// How long a model must stay an edge's newest before its file is written.
+pub const SAVE_AFTER: Duration = Duration::from_secs(1);
+
+/// An edge's recent global models: at most `keep` in memory (most recent first), the
+/// newest also in a file in `dir` once it has been the newest for [`SAVE_AFTER`]; older
+/// ones are dropped from memory and disk.
 #[derive(Debug)]
 pub struct ModelCache {
     dir: PathBuf,
     keep: usize,
     recent: VecDeque<(Digest, Arc<Vec<u8>>)>,
+    /// The newest model if its file is not written yet, and when to write it.
+    unsaved: Option<(Digest, Instant)>,
 }
 
 impl ModelCache {
@@ -54,6 +63,7 @@ impl ModelCache {
             dir: dir.to_owned(),
             keep: keep.max(1),
             recent: VecDeque::new(),
+            unsaved: None,
         })
     }
 
@@ -83,13 +93,33 @@ impl ModelCache {
             .find_map(|(d, b)| (d == digest).then_some(b))
     }
 
-    /// Adds a model whose digest the caller has verified; writes its file (a failed
-    /// write is logged: the model stays usable from memory).
-    pub fn put(&mut self, digest: Digest, bytes: Vec<u8>) -> Arc<Vec<u8>> {
-        if let Err(e) = write_model_file(&self.dir, &digest, &bytes, false) {
+    /// Adds a model whose digest the caller has verified, as the newest; its file is
+    /// written by [`Self::save_due`] at `now` + [`SAVE_AFTER`] unless a newer model
+    /// arrives first, or by [`Self::save`].
+    pub fn put(&mut self, digest: Digest, bytes: Vec<u8>, now: Instant) -> Arc<Vec<u8>> {
+        self.unsaved = Some((digest, now + SAVE_AFTER));
+        self.remember(digest, Arc::new(bytes))
+    }
+
+    /// Writes the newest model's file if it has been the newest for [`SAVE_AFTER`] at
+    /// `now` (called periodically).
+    pub fn save_due(&mut self, now: Instant) {
+        if self.unsaved.is_some_and(|(_, at)| now >= at) {
+            self.save();
+        }
+    }
+
+    /// Writes the newest model's file now, if it is not written yet (at shutdown). A
+    /// failed write is logged: the model stays usable from memory.
+    pub fn save(&mut self) {
+        let Some((digest, _)) = self.unsaved.take() else {
+            return;
+        };
+        if let Some(bytes) = self.in_memory(&digest)
+            && let Err(e) = write_model_file(&self.dir, &digest, bytes, false)
+        {
             tracing::warn!("writing model file: {e}");
         }
-        self.remember(digest, Arc::new(bytes))
     }
 
     fn remember(&mut self, digest: Digest, bytes: Arc<Vec<u8>>) -> Arc<Vec<u8>> {
@@ -110,7 +140,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cache_keeps_the_most_recent_models_and_checks_files() {
+    fn cache_keeps_the_most_recent_models_and_saves_the_newest() {
         let dir = tempfile::tempdir().unwrap();
         let models: Vec<(Digest, Vec<u8>)> = (0..3u8)
             .map(|i| {
@@ -118,29 +148,42 @@ mod tests {
                 (digest_of(&bytes), bytes)
             })
             .collect();
+        let t0 = Instant::now();
         let mut cache = ModelCache::open(dir.path(), 2).unwrap();
-        for (d, b) in &models {
-            cache.put(*d, b.clone());
-        }
-        // The oldest is gone from memory and disk; the two newest are in both.
+        cache.put(models[0].0, models[0].1.clone(), t0);
+        cache.save_due(t0 + SAVE_AFTER);
+        assert!(model_path(dir.path(), &models[0].0).exists());
+        // Two more in quick succession: the first is evicted (memory and file), the second
+        // is superseded before its file is due, the third is saved once due.
+        cache.put(models[1].0, models[1].1.clone(), t0 + SAVE_AFTER);
+        cache.put(models[2].0, models[2].1.clone(), t0 + SAVE_AFTER * 2);
         assert!(cache.in_memory(&models[0].0).is_none());
         assert!(!model_path(dir.path(), &models[0].0).exists());
         assert!(cache.get(&models[0].0).is_none());
+        cache.save_due(t0 + SAVE_AFTER * 3 - Duration::from_millis(1));
+        assert!(!model_path(dir.path(), &models[2].0).exists());
+        cache.save_due(t0 + SAVE_AFTER * 3);
+        assert!(!model_path(dir.path(), &models[1].0).exists());
+        assert!(model_path(dir.path(), &models[2].0).exists());
         for (d, b) in &models[1..] {
             assert_eq!(cache.in_memory(d).unwrap().as_slice(), b.as_slice());
-            assert!(model_path(dir.path(), d).exists());
         }
 
-        // A reopened cache (a restarted edge) reads the files back.
+        // A reopened cache (a restarted edge) reads the saved file back.
         let mut reopened = ModelCache::open(dir.path(), 2).unwrap();
         assert!(reopened.in_memory(&models[2].0).is_none());
         assert_eq!(
             reopened.get(&models[2].0).unwrap().as_slice(),
             models[2].1.as_slice()
         );
+        // `save` writes an unsaved newest model at once (shutdown).
+        reopened.put(models[1].0, models[1].1.clone(), Instant::now());
+        reopened.save();
+        assert!(model_path(dir.path(), &models[1].0).exists());
         // A file whose bytes do not match its digest is removed, not served.
+        let mut third = ModelCache::open(dir.path(), 2).unwrap();
         std::fs::write(model_path(dir.path(), &models[1].0), b"garbage").unwrap();
-        assert!(reopened.get(&models[1].0).is_none());
+        assert!(third.get(&models[1].0).is_none());
         assert!(!model_path(dir.path(), &models[1].0).exists());
     }
 }

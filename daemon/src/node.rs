@@ -140,6 +140,104 @@ pub fn write_status(dir: &Path, status: &NodeStatus) {
     }
 }
 
+/// How often at most `status.json` is rewritten when only the traffic counters changed.
+pub const COUNTERS_WRITE_EVERY: Duration = Duration::from_secs(1);
+
+/// Publishes a node's status: in-process through a watch channel at every change, and to
+/// `status.json` at once when anything but the traffic counters (`bytes_out`, `peers`)
+/// changed, otherwise at most every [`COUNTERS_WRITE_EVERY`]: a node serving model chunks
+/// would otherwise rewrite the file for every chunk.
+#[derive(Debug)]
+pub struct StatusPublisher {
+    dir: std::path::PathBuf,
+    tx: watch::Sender<NodeStatus>,
+    written_at: Instant,
+    /// The file lags the channel.
+    behind: bool,
+}
+
+impl StatusPublisher {
+    /// A publisher writing to `dir/status.json` and `tx`.
+    pub fn new(dir: &Path, tx: watch::Sender<NodeStatus>) -> Self {
+        Self {
+            dir: dir.to_owned(),
+            tx,
+            written_at: Instant::now(),
+            behind: false,
+        }
+    }
+
+    /// The status last published.
+    pub fn current(&self) -> NodeStatus {
+        self.tx.borrow().clone()
+    }
+
+    /// Publishes `status` if it changed (see the type's documentation).
+    pub fn publish(&mut self, status: &NodeStatus) {
+        let (changed, urgent) = {
+            let prev = self.tx.borrow();
+            let changed = *prev != *status;
+            (changed, changed && !only_counters_differ(&prev, status))
+        };
+        if changed {
+            self.tx.send_replace(status.clone());
+            self.behind = true;
+        }
+        if self.behind && (urgent || self.written_at.elapsed() >= COUNTERS_WRITE_EVERY) {
+            write_status(&self.dir, status);
+            self.written_at = Instant::now();
+            self.behind = false;
+        }
+    }
+}
+
+/// Whether `a` and `b` differ at most in the traffic counters.
+fn only_counters_differ(a: &NodeStatus, b: &NodeStatus) -> bool {
+    // Destructured so that a new field cannot be forgotten here.
+    let NodeStatus {
+        role,
+        peer_id,
+        listen,
+        federation,
+        term,
+        coordinator,
+        is_coordinator,
+        version,
+        digest,
+        eligible,
+        eligibility,
+        failures,
+        windows,
+        rounds_trained,
+        not_selected,
+        local_eval_rmse,
+        rounds,
+        genesis_eval_rmse,
+        peers: _,
+        last_event,
+        bytes_out: _,
+    } = a;
+    *role == b.role
+        && *peer_id == b.peer_id
+        && *listen == b.listen
+        && *federation == b.federation
+        && *term == b.term
+        && *coordinator == b.coordinator
+        && *is_coordinator == b.is_coordinator
+        && *version == b.version
+        && *digest == b.digest
+        && *eligible == b.eligible
+        && *eligibility == b.eligibility
+        && *failures == b.failures
+        && *windows == b.windows
+        && *rounds_trained == b.rounds_trained
+        && *not_selected == b.not_selected
+        && *local_eval_rmse == b.local_eval_rmse
+        && *rounds == b.rounds
+        && *genesis_eval_rmse == b.genesis_eval_rmse
+        && *last_event == b.last_event
+}
+
 /// Reads a node's `status.json`.
 pub fn read_status(dir: &Path) -> Result<NodeStatus> {
     let path = dir.join("status.json");
