@@ -260,6 +260,8 @@ impl AnchorNode {
             self.net.add_bootstrap(peer, addr);
         }
         let mut kad_tick = tokio::time::interval(Duration::from_secs(30));
+        let mut status_tick = tokio::time::interval(crate::node::STATUS_WRITE_EVERY);
+        status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let result = loop {
             let wake = self.clock.instant(self.core.poll_timeout());
             tokio::select! {
@@ -268,12 +270,14 @@ impl AnchorNode {
                 () = tokio::time::sleep_until(wake) => self.core.handle_timeout(self.clock.now()),
                 Some((version, round, r)) = self.eval_rx.recv() => self.on_eval(version, round, r),
                 _ = kad_tick.tick() => self.net.kad_bootstrap(),
+                _ = status_tick.tick() => self.status_out.flush_due(),
             }
             if let Err(e) = self.drain() {
                 break Err(e);
             }
         };
         self.drain_evaluations().await;
+        self.status_out.flush();
         match std::fs::read(&self.global.path) {
             Ok(bytes) => self.mlflow.log_artifact("global_model.bin", bytes),
             Err(e) => warn!("reading the global model for MLflow: {e}"),
@@ -473,10 +477,7 @@ impl AnchorNode {
             return (0, false, reason, 0);
         }
         if h.offset == 0 && payload.is_empty() {
-            return match open
-                .agg
-                .begin(from.as_str(), h.total_len, h.payload_digest, h.samples)
-            {
+            return match open.agg.begin(from.as_str(), h.total_len, h.samples) {
                 Ok(()) => (0, false, String::new(), 0),
                 Err(UploadError::Busy(_)) => (0, false, String::new(), BUSY_RETRY_MS),
                 Err(e) => {

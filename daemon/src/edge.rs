@@ -135,8 +135,6 @@ struct Push {
     loss: f32,
     attempts: u32,
     span: Option<NodeSpan>,
-    /// BLAKE3 of the whole update, sent with every chunk.
-    digest: Digest,
     /// Whether the anchor granted an upload slot.
     begun: bool,
     /// The anchor was busy: ask for a slot again at this time.
@@ -343,8 +341,9 @@ impl EdgeNode {
         let mut anchor_tick = tokio::time::interval(Duration::from_secs(2));
         let mut retry_tick = tokio::time::interval(PEER_RETRY);
         retry_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        let mut save_tick = tokio::time::interval(crate::models::SAVE_AFTER);
-        save_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        // Writes of status.json and of the newest model's file, when due.
+        let mut house_tick = tokio::time::interval(crate::node::STATUS_WRITE_EVERY);
+        house_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let result = loop {
             let wake = self.clock.instant(self.core.poll_timeout());
             tokio::select! {
@@ -355,7 +354,10 @@ impl EdgeNode {
                 Some((version, samples, r)) = self.eval_rx.recv() => self.on_eval(version, samples, r),
                 _ = kad_tick.tick() => self.net.kad_bootstrap(),
                 _ = anchor_tick.tick() => self.net.ensure_connected(self.anchor, &anchor_addr),
-                _ = save_tick.tick() => self.models.save_due(std::time::Instant::now()),
+                _ = house_tick.tick() => {
+                    self.models.save_due(std::time::Instant::now());
+                    self.status_out.flush_due();
+                }
                 _ = retry_tick.tick(), if self.fetches.values().any(|f| f.retry_at.is_some())
                     || self.push.as_ref().is_some_and(|p| p.retry_at.is_some())
                     || !self.waiters.is_empty() => {
@@ -371,6 +373,7 @@ impl EdgeNode {
             cancel.store(true, Ordering::Relaxed);
         }
         self.models.save();
+        self.status_out.flush();
         let tracer = self.tracer.clone();
         let _ = tokio::task::spawn_blocking(move || tracer.shutdown()).await;
         result
@@ -885,7 +888,6 @@ impl EdgeNode {
                 train_loss: p.loss,
                 total_len: p.bytes.len() as u64,
                 offset: p.offset as u64,
-                payload_digest: p.digest,
                 trace: p.span.as_ref().map(NodeSpan::traceparent),
             }),
             payload: Frame::<DataRequest>::payload_from(&p.bytes[p.offset..end]),
@@ -1051,7 +1053,6 @@ impl EdgeNode {
                         self.push = Some(Push {
                             round,
                             term,
-                            digest: digest_of(&t.bytes),
                             bytes: t.bytes,
                             offset: 0,
                             samples: t.samples,

@@ -140,18 +140,18 @@ pub fn write_status(dir: &Path, status: &NodeStatus) {
     }
 }
 
-/// How often at most `status.json` is rewritten when only the traffic counters changed.
-pub const COUNTERS_WRITE_EVERY: Duration = Duration::from_secs(1);
+/// How often at most `status.json` is rewritten.
+pub const STATUS_WRITE_EVERY: Duration = Duration::from_millis(250);
 
 /// Publishes a node's status: in-process through a watch channel at every change, and to
-/// `status.json` at once when anything but the traffic counters (`bytes_out`, `peers`)
-/// changed, otherwise at most every [`COUNTERS_WRITE_EVERY`]: a node serving model chunks
-/// would otherwise rewrite the file for every chunk.
+/// `status.json` at most every [`STATUS_WRITE_EVERY`] (a node in a fast federation changes
+/// its status several times per round; the file trails by at most that long, provided
+/// [`StatusPublisher::flush_due`] is called that often).
 #[derive(Debug)]
 pub struct StatusPublisher {
     dir: std::path::PathBuf,
     tx: watch::Sender<NodeStatus>,
-    written_at: Instant,
+    written_at: Option<Instant>,
     /// The file lags the channel.
     behind: bool,
 }
@@ -162,7 +162,7 @@ impl StatusPublisher {
         Self {
             dir: dir.to_owned(),
             tx,
-            written_at: Instant::now(),
+            written_at: None,
             behind: false,
         }
     }
@@ -172,70 +172,34 @@ impl StatusPublisher {
         self.tx.borrow().clone()
     }
 
-    /// Publishes `status` if it changed (see the type's documentation).
+    /// Publishes `status` if it changed: to the channel now, to the file now or later.
     pub fn publish(&mut self, status: &NodeStatus) {
-        let (changed, urgent) = {
-            let prev = self.tx.borrow();
-            let changed = *prev != *status;
-            (changed, changed && !only_counters_differ(&prev, status))
-        };
-        if changed {
+        if *self.tx.borrow() != *status {
             self.tx.send_replace(status.clone());
             self.behind = true;
         }
-        if self.behind && (urgent || self.written_at.elapsed() >= COUNTERS_WRITE_EVERY) {
-            write_status(&self.dir, status);
-            self.written_at = Instant::now();
+        self.flush_due();
+    }
+
+    /// Writes the file if it lags and the last write is [`STATUS_WRITE_EVERY`] old.
+    pub fn flush_due(&mut self) {
+        if self.behind
+            && self
+                .written_at
+                .is_none_or(|t| t.elapsed() >= STATUS_WRITE_EVERY)
+        {
+            self.flush();
+        }
+    }
+
+    /// Writes the file now if it lags (at shutdown).
+    pub fn flush(&mut self) {
+        if self.behind {
+            write_status(&self.dir, &self.tx.borrow());
+            self.written_at = Some(Instant::now());
             self.behind = false;
         }
     }
-}
-
-/// Whether `a` and `b` differ at most in the traffic counters.
-fn only_counters_differ(a: &NodeStatus, b: &NodeStatus) -> bool {
-    // Destructured so that a new field cannot be forgotten here.
-    let NodeStatus {
-        role,
-        peer_id,
-        listen,
-        federation,
-        term,
-        coordinator,
-        is_coordinator,
-        version,
-        digest,
-        eligible,
-        eligibility,
-        failures,
-        windows,
-        rounds_trained,
-        not_selected,
-        local_eval_rmse,
-        rounds,
-        genesis_eval_rmse,
-        peers: _,
-        last_event,
-        bytes_out: _,
-    } = a;
-    *role == b.role
-        && *peer_id == b.peer_id
-        && *listen == b.listen
-        && *federation == b.federation
-        && *term == b.term
-        && *coordinator == b.coordinator
-        && *is_coordinator == b.is_coordinator
-        && *version == b.version
-        && *digest == b.digest
-        && *eligible == b.eligible
-        && *eligibility == b.eligibility
-        && *failures == b.failures
-        && *windows == b.windows
-        && *rounds_trained == b.rounds_trained
-        && *not_selected == b.not_selected
-        && *local_eval_rmse == b.local_eval_rmse
-        && *rounds == b.rounds
-        && *genesis_eval_rmse == b.genesis_eval_rmse
-        && *last_event == b.last_event
 }
 
 /// Reads a node's `status.json`.

@@ -54,7 +54,6 @@ fn data(c: &mut Criterion) {
             train_loss: 0.1,
             total_len: 1 << 20,
             offset: 0,
-            payload_digest: digest_of(&payload),
             trace: None,
         }),
         payload,

@@ -4,7 +4,7 @@
 //! - gossipsub (signed, strict validation) on one topic per federation: control broadcasts;
 //! - request-response `/gossipfed/ctl/1`: direct control messages, one envelope per request
 //!   (at most [`MAX_CONTROL_MESSAGE`] bytes), acknowledged with an empty response;
-//! - request-response `/gossipfed/data/1`: model chunks and update chunks as
+//! - request-response `/gossipfed/data/3`: model chunks and update chunks as
 //!   [`Frame`](crate::wire::Frame)s of at most [`MAX_DATA_FRAME`] bytes;
 //! - identify and ping for liveness, Kademlia for WAN discovery from bootstrap peers, and
 //!   mDNS for LAN discovery, off unless enabled (it multicasts on every interface).
@@ -21,7 +21,7 @@ use std::time::Duration;
 /// Protocol name of direct control messages.
 pub const CONTROL_PROTOCOL: StreamProtocol = StreamProtocol::new("/gossipfed/ctl/1");
 /// Protocol name of the model data plane.
-pub const DATA_PROTOCOL: StreamProtocol = StreamProtocol::new("/gossipfed/data/2");
+pub const DATA_PROTOCOL: StreamProtocol = StreamProtocol::new("/gossipfed/data/3");
 /// Protocol name of gossipfed's Kademlia DHT (separate from the public IPFS DHT).
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/gossipfed/kad/1");
 
@@ -290,7 +290,14 @@ pub fn build_swarm(key: Keypair, cfg: &P2pConfig) -> Result<Swarm<Behaviour>, P2
             },
         )
         .map_err(|e| P2pError::Transport(e.to_string()))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
+        .with_swarm_config(|c| {
+            c.with_idle_connection_timeout(idle)
+                // Substreams with a single protocol (every request of the control and data
+                // planes) send the request along with the protocol proposal instead of
+                // waiting a round trip for its confirmation (same wire format as V1; the
+                // request fails if the peer lacks the protocol).
+                .with_substream_upgrade_protocol_override(libp2p::core::upgrade::Version::V1Lazy)
+        })
         .build();
     Ok(swarm)
 }

@@ -466,10 +466,9 @@ pub struct UpdateHeader {
     pub train_loss: f32,
     /// Total size of the encoded update.
     pub total_len: u64,
-    /// Offset of this chunk's payload.
+    /// Offset of this chunk's payload. (No digest of the whole update: Noise
+    /// authenticates every byte, and the anchor accepts chunks only in sequence.)
     pub offset: u64,
-    /// BLAKE3 digest of the whole encoded update, checked once all chunks arrived.
-    pub payload_digest: Digest,
     /// W3C trace context of the pushing span.
     pub trace: Option<String>,
 }
@@ -720,7 +719,7 @@ mod tests {
             let frame = Frame {
                 header: DataRequest::PushUpdate(UpdateHeader {
                     round, term: 1, samples: 10, train_loss: 0.5, total_len: payload.len() as u64,
-                    offset: 0, payload_digest: digest_of(&payload), trace: None,
+                    offset: 0, trace: None,
                 }),
                 payload,
             };
