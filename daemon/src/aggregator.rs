@@ -257,6 +257,14 @@ fn fold_block(sum: &mut [f64], raw: &[u8], base: &[u8], w: f64) -> f64 {
     (norm[0] + norm[1]) + (norm[2] + norm[3])
 }
 
+/// Whether every raw little-endian `f32` in `raw` is finite (exponent bits not all set).
+/// Branch-free, so the compiler vectorizes it.
+fn all_finite(raw: &[u8]) -> bool {
+    raw.chunks_exact(4).fold(true, |ok, b| {
+        ok & (u32::from_le_bytes([b[0], b[1], b[2], b[3]]) & 0x7f80_0000 != 0x7f80_0000)
+    })
+}
+
 impl StreamingAggregator {
     /// An empty aggregate over `base`, accepting at most `slots` concurrent uploads and
     /// updates within `max_norm` (L2) of the base.
@@ -303,6 +311,11 @@ impl StreamingAggregator {
     /// Uploads in progress.
     pub fn in_flight(&self) -> usize {
         self.uploads.len()
+    }
+
+    /// Whether `sender` has an upload in progress (a slot reserved).
+    pub fn has_upload(&self, sender: &str) -> bool {
+        self.uploads.contains_key(sender)
     }
 
     /// Reserves a slot for `sender`'s update of `total` bytes with `weight`.
@@ -416,10 +429,11 @@ impl StreamingAggregator {
         if up.folded + raw.len() / 4 > self.base.values {
             return Err(UploadError::Layout);
         }
-        if let Some(j) = raw
-            .chunks_exact(4)
-            .position(|b| !f32::from_le_bytes([b[0], b[1], b[2], b[3]]).is_finite())
-        {
+        if !all_finite(raw) {
+            let j = raw
+                .chunks_exact(4)
+                .position(|b| !f32::from_le_bytes([b[0], b[1], b[2], b[3]]).is_finite())
+                .unwrap_or(0);
             // Nothing of `raw` is in the sum: the rollback undoes the values before it.
             return Err(UploadError::NonFinite(up.folded + j));
         }

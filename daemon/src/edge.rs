@@ -796,7 +796,7 @@ impl EdgeNode {
             let (tx, round, seed) = (self.train_tx.clone(), plan.round, self.cfg.seed);
             self.training = Some((round, Arc::new(AtomicBool::new(false)), None));
             tokio::task::spawn_blocking(move || {
-                let out = crate::workload::bench_train(&base, seed);
+                let out = crate::workload::bench_train(base, seed);
                 let _ = tx.blocking_send((round, Ok(out)));
             });
             return;
@@ -874,8 +874,10 @@ impl EdgeNode {
         let Some(p) = &self.push else {
             return;
         };
-        // Before the slot is granted the frame carries no payload.
-        let end = if p.begun {
+        // The first frame carries the first chunk, unless the anchor said it was busy or
+        // this is a restart (the anchor may hold part of the upload; an empty frame
+        // replaces it): then frames carry nothing until a slot is granted.
+        let end = if p.begun || (p.busy == 0 && p.attempts == 0) {
             p.bytes.len().min(p.offset + MAX_PUSH_CHUNK)
         } else {
             p.offset

@@ -30,9 +30,8 @@ pub fn bench_delta(edge_seed: u64, i: usize) -> f32 {
     ((edge_seed as usize + i) % 8) as f32 / 4096.0
 }
 
-/// The bench "training": `base + delta(edge_seed)`.
-pub fn bench_train(base: &ParamSet, edge_seed: u64) -> TrainOutcome {
-    let mut params = base.clone();
+/// The bench "training": `base + delta(edge_seed)`, in place.
+pub fn bench_train(mut params: ParamSet, edge_seed: u64) -> TrainOutcome {
     for (i, v) in params.values_mut().iter_mut().enumerate() {
         *v += bench_delta(edge_seed, i);
     }
@@ -75,7 +74,7 @@ mod tests {
             let mut acc = model::StreamingFedAvg::new(global.specs().to_vec());
             // Arrival order differs from the seeds' order.
             for &s in seeds.iter().rev() {
-                let out = bench_train(&global, s);
+                let out = bench_train(global.clone(), s);
                 acc.add(&out.params, out.samples).unwrap();
             }
             global = acc.finish().unwrap();

@@ -365,10 +365,11 @@ impl ParamSet {
                 actual: rest.len() / 4,
             });
         }
-        let mut values = vec![0f32; expected];
-        for (v, c) in values.iter_mut().zip(rest.chunks_exact(4)) {
-            *v = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-        }
+        // Collected from an exact-size iterator: one allocation, no zero-fill pass.
+        let values = rest
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
         Ok(Self { specs, values })
     }
 }
