@@ -313,11 +313,6 @@ impl StreamingAggregator {
         self.uploads.len()
     }
 
-    /// Whether `sender` has an upload in progress (a slot reserved).
-    pub fn has_upload(&self, sender: &str) -> bool {
-        self.uploads.contains_key(sender)
-    }
-
     /// Reserves a slot for `sender`'s update of `total` bytes with `weight`.
     pub fn begin(&mut self, sender: &str, total: u64, weight: u64) -> Result<(), UploadError> {
         if total != self.base.len {

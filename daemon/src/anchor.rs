@@ -443,10 +443,9 @@ impl AnchorNode {
         })
     }
 
-    /// Handles one frame of an update push: the first frame (offset 0, no slot reserved
-    /// yet, or an empty one) reserves an upload slot (or is told to retry); data is
-    /// validated and folded into the running sum as it arrives. Returns (bytes received,
-    /// accepted, error, retry after ms).
+    /// Handles one frame of an update push: an empty frame at offset 0 reserves an upload
+    /// slot (or is told to retry), data frames are validated and folded into the running
+    /// sum as they arrive. Returns (bytes received, accepted, error, retry after ms).
     fn on_update_chunk(
         &mut self,
         peer: PeerId,
@@ -455,14 +454,8 @@ impl AnchorNode {
     ) -> (u64, bool, String, u32) {
         let from = NodeId(peer.to_string());
         let now = self.now();
-        let first = h.offset == 0
-            && (payload.is_empty()
-                || !self
-                    .open
-                    .as_ref()
-                    .is_some_and(|o| o.agg.has_upload(from.as_str())));
         if let Err(reject) = self.core.check_update(&from, h.round, h.term) {
-            if first {
+            if h.offset == 0 && payload.is_empty() {
                 // Goes through the core so the refusal is counted and logged.
                 let _ =
                     self.core
@@ -483,18 +476,16 @@ impl AnchorNode {
                 .handle_invalid_update(&from, h.round, reason.clone());
             return (0, false, reason, 0);
         }
-        if first {
-            match open.agg.begin(from.as_str(), h.total_len, h.samples) {
-                Ok(()) if payload.is_empty() => return (0, false, String::new(), 0),
-                Ok(()) => {}
-                // The payload is dropped; the edge asks again with empty frames.
-                Err(UploadError::Busy(_)) => return (0, false, String::new(), BUSY_RETRY_MS),
+        if h.offset == 0 && payload.is_empty() {
+            return match open.agg.begin(from.as_str(), h.total_len, h.samples) {
+                Ok(()) => (0, false, String::new(), 0),
+                Err(UploadError::Busy(_)) => (0, false, String::new(), BUSY_RETRY_MS),
                 Err(e) => {
                     self.core
                         .handle_invalid_update(&from, h.round, e.to_string());
-                    return (0, false, e.to_string(), 0);
+                    (0, false, e.to_string(), 0)
                 }
-            }
+            };
         }
         open.bytes_in += payload.len() as u64;
         let received = h.offset + payload.len() as u64;

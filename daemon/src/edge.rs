@@ -874,10 +874,9 @@ impl EdgeNode {
         let Some(p) = &self.push else {
             return;
         };
-        // The first frame carries the first chunk, unless the anchor said it was busy or
-        // this is a restart (the anchor may hold part of the upload; an empty frame
-        // replaces it): then frames carry nothing until a slot is granted.
-        let end = if p.begun || (p.busy == 0 && p.attempts == 0) {
+        // Before the slot is granted the frame carries no payload: the anchor's memory for
+        // uploads stays bounded by its slots, however many edges push at once.
+        let end = if p.begun {
             p.bytes.len().min(p.offset + MAX_PUSH_CHUNK)
         } else {
             p.offset

@@ -449,9 +449,7 @@ pub enum DataRequest {
         max_len: u32,
     },
     /// One chunk of an edge's update for a round; the payload follows the header. The
-    /// first frame of an upload (offset 0) reserves an upload slot; it carries the first
-    /// chunk too, unless the edge was told the anchor is busy (then it is empty until a
-    /// slot is granted, so waiting edges do not send data that is dropped).
+    /// first frame of an upload has offset 0 and no payload: it reserves an upload slot.
     PushUpdate(UpdateHeader),
 }
 
