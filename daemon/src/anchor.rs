@@ -427,7 +427,23 @@ impl AnchorNode {
     }
 
     fn serve_model(&self, digest: Digest, offset: u64, max_len: u32) -> Frame<DataResponse> {
-        // Served straight from the content-addressed file: no copy of the model in memory.
+        // The current model, when small, is in memory already.
+        if let Some(bytes) = self.global.resident.as_ref()
+            && digest == self.core.durable().digest
+        {
+            return crate::net::model_chunk(
+                digest,
+                Some(bytes.len() as u64),
+                offset,
+                max_len,
+                |at, len| {
+                    bytes
+                        .get(at as usize..at as usize + len)
+                        .map(Frame::<DataResponse>::payload_from)
+                },
+            );
+        }
+        // Others are served straight from their content-addressed files.
         let file = std::fs::File::open(model_path(&self.models_dir, &digest)).ok();
         let total = file
             .as_ref()

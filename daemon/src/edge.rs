@@ -151,7 +151,14 @@ struct Trained {
     loss: f32,
 }
 
-type TrainResult = (u64, Result<model::TrainOutcome, String>);
+/// A finished local training, encoded for the push (off the event loop).
+struct Update {
+    bytes: Vec<u8>,
+    samples: u64,
+    loss: f32,
+}
+
+type TrainResult = (u64, Result<Update, String>);
 
 /// The edge node.
 pub struct EdgeNode {
@@ -552,18 +559,15 @@ impl EdgeNode {
 
     /// Makes sure the model `digest` is (or will be) held here, fetching it from the
     /// first of `sources` (then the next if one stalls, then the anchor) if not; returns
-    /// it if it is here already.
+    /// its (digest-checked) bytes if it is here already.
     fn ensure_model_from(
         &mut self,
         digest: Digest,
         parent: Option<&str>,
         sources: Vec<String>,
-    ) -> Option<ParamSet> {
+    ) -> Option<Arc<Vec<u8>>> {
         if let Some(bytes) = self.models.get(&digest) {
-            match ParamSet::from_bytes(&bytes) {
-                Ok(p) => return Some(p),
-                Err(e) => warn!("held model {} does not decode: {e}", short_hex(&digest)),
-            }
+            return Some(bytes);
         }
         if !self.fetches.contains_key(&digest) {
             let mut fallbacks: std::collections::VecDeque<PeerId> =
@@ -796,8 +800,14 @@ impl EdgeNode {
             let (tx, round, seed) = (self.train_tx.clone(), plan.round, self.cfg.seed);
             self.training = Some((round, Arc::new(AtomicBool::new(false)), None));
             tokio::task::spawn_blocking(move || {
-                let out = crate::workload::bench_train(base, seed);
-                let _ = tx.blocking_send((round, Ok(out)));
+                let r = crate::workload::bench_train(&base, seed)
+                    .map(|bytes| Update {
+                        bytes,
+                        samples: crate::workload::BENCH_SAMPLES,
+                        loss: 0.0,
+                    })
+                    .map_err(|e| e.to_string());
+                let _ = tx.blocking_send((round, r));
             });
             return;
         }
@@ -831,13 +841,22 @@ impl EdgeNode {
         let round = plan.round;
         info!(round, windows = train.len(), "training");
         tokio::task::spawn_blocking(move || {
-            let r =
-                model::train_local(&spec, &base, &train, &tcfg, &cancel).map_err(|e| e.to_string());
+            let r = ParamSet::from_bytes(&base)
+                .map_err(|e| format!("the base model does not decode: {e}"))
+                .and_then(|base| {
+                    model::train_local(&spec, &base, &train, &tcfg, &cancel)
+                        .map_err(|e| e.to_string())
+                })
+                .map(|o| Update {
+                    bytes: o.params.to_bytes(),
+                    samples: o.samples,
+                    loss: o.loss,
+                });
             let _ = tx.blocking_send((round, r));
         });
     }
 
-    fn on_trained(&mut self, round: u64, r: Result<model::TrainOutcome, String>) {
+    fn on_trained(&mut self, round: u64, r: Result<Update, String>) {
         let Some((r_round, _, span)) = self.training.take() else {
             return;
         };
@@ -857,7 +876,7 @@ impl EdgeNode {
                 self.status.rounds_trained += 1;
                 self.trained = Some(Trained {
                     round,
-                    bytes: Arc::new(outcome.params.to_bytes()),
+                    bytes: Arc::new(outcome.bytes),
                     samples: outcome.samples,
                     loss: outcome.loss,
                 });

@@ -264,3 +264,39 @@ pub async fn start(cfg: NodeConfig, shutdown: CancellationToken) -> Result<NodeH
         task,
     })
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_file_trails_the_channel_by_at_most_the_write_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, rx) = watch::channel(NodeStatus::default());
+        let mut out = StatusPublisher::new(dir.path(), tx);
+        let mut status = NodeStatus::default();
+        // The first change is written at once; a burst right after reaches the channel
+        // at once and the file only when due.
+        status.version = 1;
+        out.publish(&status);
+        assert_eq!(read_status(dir.path()).unwrap().version, 1);
+        for v in 2..=5 {
+            status.version = v;
+            out.publish(&status);
+            assert_eq!(rx.borrow().version, v);
+        }
+        assert_eq!(read_status(dir.path()).unwrap().version, 1);
+        std::thread::sleep(STATUS_WRITE_EVERY);
+        out.flush_due();
+        assert_eq!(read_status(dir.path()).unwrap().version, 5);
+        // Nothing new: nothing written; a last change is written by `flush`.
+        std::fs::remove_file(dir.path().join("status.json")).unwrap();
+        out.flush_due();
+        assert!(read_status(dir.path()).is_err());
+        status.bytes_out = 42;
+        out.publish(&status);
+        out.flush();
+        assert_eq!(read_status(dir.path()).unwrap().bytes_out, 42);
+    }
+}

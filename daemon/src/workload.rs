@@ -2,7 +2,7 @@
 //! deterministic no-op trainer, used by `fedctl bench rounds` to measure the cost of the
 //! federation machinery itself (transport, validation, aggregation, persistence).
 
-use model::{ParamSet, TensorSpec, TrainOutcome};
+use model::{ParamError, ParamSet, TensorSpec};
 use serde::{Deserialize, Serialize};
 
 /// The kind of model a federation trains.
@@ -30,16 +30,17 @@ pub fn bench_delta(edge_seed: u64, i: usize) -> f32 {
     ((edge_seed as usize + i) % 8) as f32 / 4096.0
 }
 
-/// The bench "training": `base + delta(edge_seed)`, in place.
-pub fn bench_train(mut params: ParamSet, edge_seed: u64) -> TrainOutcome {
-    for (i, v) in params.values_mut().iter_mut().enumerate() {
-        *v += bench_delta(edge_seed, i);
+/// The bench "training": `base + delta(edge_seed)`, from the encoded base model to the
+/// encoded update (what the edge pushes), without decoding to a [`ParamSet`]: the bench
+/// measures the federation, not the codec.
+pub fn bench_train(base: &[u8], edge_seed: u64) -> Result<Vec<u8>, ParamError> {
+    let start = model::params::values_offset(base)?;
+    let mut out = base.to_vec();
+    for (i, c) in out[start..].chunks_exact_mut(4).enumerate() {
+        let v = f32::from_le_bytes([c[0], c[1], c[2], c[3]]) + bench_delta(edge_seed, i);
+        c.copy_from_slice(&v.to_le_bytes());
     }
-    TrainOutcome {
-        params,
-        samples: BENCH_SAMPLES,
-        loss: 0.0,
-    }
+    Ok(out)
 }
 
 /// The global model after one bench round in which every edge of `edge_seeds` reported:
@@ -74,8 +75,9 @@ mod tests {
             let mut acc = model::StreamingFedAvg::new(global.specs().to_vec());
             // Arrival order differs from the seeds' order.
             for &s in seeds.iter().rev() {
-                let out = bench_train(global.clone(), s);
-                acc.add(&out.params, out.samples).unwrap();
+                let out =
+                    ParamSet::from_bytes(&bench_train(&global.to_bytes(), s).unwrap()).unwrap();
+                acc.add(&out, BENCH_SAMPLES).unwrap();
             }
             global = acc.finish().unwrap();
             expected = bench_expected_round(&expected, &seeds);

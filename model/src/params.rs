@@ -327,44 +327,7 @@ impl ParamSet {
     /// Decodes [`ParamSet::to_bytes`] output. Bounded and total: any input either
     /// decodes to a consistent set or returns an error, never panics.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, ParamError> {
-        let (header, rest) = bytes
-            .split_first_chunk::<HEADER_LEN>()
-            .ok_or(ParamError::Truncated)?;
-        if header[0..4] != MAGIC {
-            return Err(ParamError::BadMagic);
-        }
-        let version = u16::from_le_bytes([header[4], header[5]]);
-        if version != FORMAT_VERSION {
-            return Err(ParamError::UnsupportedVersion(version));
-        }
-        let layout_len = u32::from_le_bytes([header[6], header[7], header[8], header[9]]) as usize;
-        if layout_len > MAX_LAYOUT_BYTES {
-            return Err(ParamError::TooLarge("layout block"));
-        }
-        if rest.len() < layout_len {
-            return Err(ParamError::Truncated);
-        }
-        let (layout, rest) = rest.split_at(layout_len);
-        let (specs, trailing): (Vec<TensorSpec>, &[u8]) =
-            postcard::take_from_bytes(layout).map_err(ParamError::BadLayout)?;
-        if !trailing.is_empty() {
-            return Err(ParamError::TrailingLayoutBytes(trailing.len()));
-        }
-        let expected = total_len(&specs)?;
-        let (count, rest) = rest.split_first_chunk::<8>().ok_or(ParamError::Truncated)?;
-        let count = u64::from_le_bytes(*count);
-        if count != expected as u64 {
-            return Err(ParamError::LengthMismatch {
-                expected,
-                actual: usize::try_from(count).unwrap_or(usize::MAX),
-            });
-        }
-        if rest.len() != expected * 4 {
-            return Err(ParamError::LengthMismatch {
-                expected,
-                actual: rest.len() / 4,
-            });
-        }
+        let (specs, rest) = parse(bytes)?;
         // Collected from an exact-size iterator: one allocation, no zero-fill pass.
         let values = rest
             .chunks_exact(4)
@@ -372,6 +335,58 @@ impl ParamSet {
             .collect();
         Ok(Self { specs, values })
     }
+}
+
+/// Where the raw little-endian `f32` values start in a [`ParamSet::to_bytes`] encoding,
+/// after checking its header and length as [`ParamSet::from_bytes`] does (for code that
+/// works on the encoded values in place).
+pub fn values_offset(bytes: &[u8]) -> Result<usize, ParamError> {
+    let (_, values) = parse(bytes)?;
+    Ok(bytes.len() - values.len())
+}
+
+/// Splits a [`ParamSet::to_bytes`] encoding into its layout and its raw values, checking
+/// both.
+fn parse(bytes: &[u8]) -> Result<(Vec<TensorSpec>, &[u8]), ParamError> {
+    let (header, rest) = bytes
+        .split_first_chunk::<HEADER_LEN>()
+        .ok_or(ParamError::Truncated)?;
+    if header[0..4] != MAGIC {
+        return Err(ParamError::BadMagic);
+    }
+    let version = u16::from_le_bytes([header[4], header[5]]);
+    if version != FORMAT_VERSION {
+        return Err(ParamError::UnsupportedVersion(version));
+    }
+    let layout_len = u32::from_le_bytes([header[6], header[7], header[8], header[9]]) as usize;
+    if layout_len > MAX_LAYOUT_BYTES {
+        return Err(ParamError::TooLarge("layout block"));
+    }
+    if rest.len() < layout_len {
+        return Err(ParamError::Truncated);
+    }
+    let (layout, rest) = rest.split_at(layout_len);
+    let (specs, trailing): (Vec<TensorSpec>, &[u8]) =
+        postcard::take_from_bytes(layout).map_err(ParamError::BadLayout)?;
+    if !trailing.is_empty() {
+        return Err(ParamError::TrailingLayoutBytes(trailing.len()));
+    }
+    let expected = total_len(&specs)?;
+    let (count, rest) = rest.split_first_chunk::<8>().ok_or(ParamError::Truncated)?;
+    let count = u64::from_le_bytes(*count);
+    if count != expected as u64 {
+        return Err(ParamError::LengthMismatch {
+            expected,
+            actual: usize::try_from(count).unwrap_or(usize::MAX),
+        });
+    }
+    if rest.len() != expected * 4 {
+        return Err(ParamError::LengthMismatch {
+            expected,
+            actual: rest.len() / 4,
+        });
+    }
+    Ok((specs, rest))
 }
 
 #[cfg(test)]
@@ -399,6 +414,21 @@ mod tests {
             prop::collection::vec(any::<f32>(), n)
                 .prop_map(move |values| ParamSet::new(specs.clone(), values).unwrap())
         })
+    }
+
+    #[test]
+    fn values_offset_points_at_the_raw_values_of_valid_encodings_only() {
+        let p = ParamSet::new(
+            vec![TensorSpec::new("w", vec![3]), TensorSpec::new("b", vec![1])],
+            vec![1.5, -2.0, 0.25, 7.0],
+        )
+        .unwrap();
+        let bytes = p.to_bytes();
+        let at = values_offset(&bytes).unwrap();
+        assert_eq!(at, bytes.len() - 16);
+        assert_eq!(bytes[at..at + 4], 1.5f32.to_le_bytes());
+        assert!(values_offset(&bytes[..bytes.len() - 1]).is_err());
+        assert!(values_offset(&bytes[..at]).is_err());
     }
 
     #[test]
