@@ -275,10 +275,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (tx, rx) = watch::channel(NodeStatus::default());
         let mut out = StatusPublisher::new(dir.path(), tx);
-        let mut status = NodeStatus::default();
         // The first change is written at once; a burst right after reaches the channel
         // at once and the file only when due.
-        status.version = 1;
+        let mut status = NodeStatus {
+            version: 1,
+            ..NodeStatus::default()
+        };
         out.publish(&status);
         assert_eq!(read_status(dir.path()).unwrap().version, 1);
         for v in 2..=5 {
