@@ -431,17 +431,7 @@ impl AnchorNode {
         if let Some(bytes) = self.global.resident.as_ref()
             && digest == self.core.durable().digest
         {
-            return crate::net::model_chunk(
-                digest,
-                Some(bytes.len() as u64),
-                offset,
-                max_len,
-                |at, len| {
-                    bytes
-                        .get(at as usize..at as usize + len)
-                        .map(Frame::<DataResponse>::payload_from)
-                },
-            );
+            return crate::net::model_chunk_of(digest, bytes.len() as u64, bytes, offset, max_len);
         }
         // Others are served straight from their content-addressed files.
         let file = std::fs::File::open(model_path(&self.models_dir, &digest)).ok();

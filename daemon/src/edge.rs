@@ -470,16 +470,12 @@ impl EdgeNode {
     /// received prefix of a fetch under way. `None`: not here (yet).
     fn chunk_for(&self, digest: Digest, offset: u64, max_len: u32) -> Option<Frame<DataResponse>> {
         if let Some(bytes) = self.models.in_memory(&digest) {
-            return Some(crate::net::model_chunk(
+            return Some(crate::net::model_chunk_of(
                 digest,
-                Some(bytes.len() as u64),
+                bytes.len() as u64,
+                bytes,
                 offset,
                 max_len,
-                |at, len| {
-                    bytes
-                        .get(at as usize..at as usize + len)
-                        .map(Frame::<DataResponse>::payload_from)
-                },
             ));
         }
         let f = self.fetches.get(&digest)?;
@@ -490,16 +486,12 @@ impl EdgeNode {
         let len = u32::try_from(have - offset)
             .unwrap_or(u32::MAX)
             .min(max_len);
-        Some(crate::net::model_chunk(
+        Some(crate::net::model_chunk_of(
             digest,
-            Some(f.total_len),
+            f.total_len,
+            &f.buf,
             offset,
             len,
-            |at, len| {
-                f.buf
-                    .get(at as usize..at as usize + len)
-                    .map(Frame::<DataResponse>::payload_from)
-            },
         ))
     }
 

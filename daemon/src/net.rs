@@ -101,6 +101,23 @@ pub fn model_chunk(
     }
 }
 
+/// [`model_chunk`] from a model's bytes in memory (`bytes` holds at least the requested
+/// range; the payload gets room for the frame's trailer).
+pub fn model_chunk_of(
+    digest: netproto::wire::Digest,
+    total: u64,
+    bytes: &[u8],
+    offset: u64,
+    max_len: u32,
+) -> Frame<DataResponse> {
+    model_chunk(digest, Some(total), offset, max_len, |at, len| {
+        let at = usize::try_from(at).ok()?;
+        bytes
+            .get(at..at.checked_add(len)?)
+            .map(Frame::<DataResponse>::payload_from)
+    })
+}
+
 /// What the network layer hands to a role's event loop.
 pub enum NetEvent {
     /// An authenticated control message from `from`.
