@@ -433,8 +433,11 @@ impl EdgeNode {
                 max_len,
             } => {
                 // A model on disk but not in memory is loaded (digest-checked) to be served;
-                // otherwise the held models, then the bytes of a fetch under way.
-                let _ = self.models.get(&digest);
+                // otherwise the held models, then the bytes of a fetch under way. The disk
+                // is tried only for a model neither held nor being fetched.
+                if self.models.in_memory(&digest).is_none() && !self.fetches.contains_key(&digest) {
+                    let _ = self.models.get(&digest);
+                }
                 match self.chunk_for(digest, offset, max_len) {
                     Some(frame) => frame,
                     None if self.waiters.len() < MAX_WAITERS => {

@@ -6,20 +6,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::Command;
+mod common;
 
 fn fedctl(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_fedctl"))
-        .args(args)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "fedctl {args:?} failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
+    common::ok(common::fedctl(args))
 }
 
 /// The `key=value` fields of the line starting with `prefix`.

@@ -6,7 +6,9 @@
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
+
+use common::{fedctl, ok};
 
 /// A scratch directory removed on drop.
 struct Scratch(PathBuf);
@@ -46,23 +48,6 @@ fn cmapss_text(lives: &[usize], keep: &[usize]) -> String {
         }
     }
     text
-}
-
-fn fedctl(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_fedctl"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn ok(out: Output) -> String {
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "fedctl failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
 }
 
 fn s(p: &Path) -> &str {
